@@ -1,0 +1,98 @@
+//! What every connection task shares: settings derived from the config, the router, the
+//! accounts, TLS configurations, counters and the shutdown signal.
+
+use crate::auth::AccountStore;
+use crate::config::{Config, ListenerKind, SaslMechanismName};
+use crate::ops::metrics::Stats;
+use crate::proto::sasl::Mechanism;
+use crate::router::Router;
+use crate::throttle::LoginThrottle;
+use crate::xml::FramerLimits;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct Context {
+    pub domain: String,
+    pub router: Arc<Router>,
+    pub accounts: Arc<AccountStore>,
+    pub stats: Arc<Stats>,
+    pub throttle: LoginThrottle,
+    pub limits: FramerLimits,
+    pub pre_auth_timeout: Duration,
+    pub write_timeout: Duration,
+    pub outbox_capacity: usize,
+    /// Per-process secret for SCRAM fake salts of unknown users.
+    pub server_secret: [u8; 32],
+    /// Component domain -> secret.
+    pub component_secrets: Vec<(String, crate::config::Secret)>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        config: &Config,
+        router: Arc<Router>,
+        accounts: Arc<AccountStore>,
+        stats: Arc<Stats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Context {
+        let mut server_secret = [0u8; 32];
+        // Without OS randomness the fake salts are merely predictable, which leaks only whether a
+        // username exists; still, say so.
+        if getrandom::getrandom(&mut server_secret).is_err() {
+            tracing::warn!("no OS randomness: SCRAM fake salts are predictable");
+        }
+        let limits = &config.limits;
+        Context {
+            domain: config.domain().to_ascii_lowercase(),
+            router,
+            accounts,
+            stats,
+            throttle: LoginThrottle::new(
+                limits.failed_logins_per_account,
+                Duration::from_secs(limits.failed_login_window_secs),
+                Duration::from_secs(limits.failed_login_lockout_secs),
+            ),
+            limits: FramerLimits {
+                max_stanza_bytes: limits.max_stanza_bytes,
+                max_depth: limits.max_depth,
+                max_attributes: limits.max_attributes,
+                max_header_bytes: limits.max_header_bytes,
+            },
+            pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
+            write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
+            outbox_capacity: limits.outbox_stanzas,
+            server_secret,
+            component_secrets: config
+                .components
+                .iter()
+                .map(|c| (c.domain.to_ascii_lowercase(), c.secret.clone()))
+                .collect(),
+            shutdown,
+        }
+    }
+}
+
+/// Per-listener settings for c2s connections.
+pub struct ListenerSettings {
+    pub kind: ListenerKind,
+    pub mechanisms: Vec<Mechanism>,
+    pub tls: tokio_rustls::TlsAcceptor,
+}
+
+pub fn mechanism(name: SaslMechanismName) -> Mechanism {
+    match name {
+        SaslMechanismName::Plain => Mechanism::Plain,
+        SaslMechanismName::ScramSha1 => Mechanism::ScramSha1,
+        SaslMechanismName::ScramSha256 => Mechanism::ScramSha256,
+    }
+}
+
+pub type SharedContext = Arc<Context>;
+
+/// Resolves once `signal` is true (or its sender is gone). Holds no borrow of the value, so the
+/// future stays `Send`.
+pub async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,197 @@
+//! crbroker: an XMPP connection-request broker for TR-069 Annex K.
+//!
+//! CPEs log in as XMPP clients (c2s: TLS, SASL, bind); ACSs attach as XEP-0114 components or log
+//! in as privileged client accounts; the broker relays connection requests and makes sure each
+//! gets exactly one answer. Start here: [`Broker::start`] (used by `main.rs` and the tests).
+//! `architecture.md` at the repository root walks through the modules.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod jid;
+pub mod listener;
+pub mod ops;
+pub mod outbox;
+pub mod pending;
+pub mod proto;
+pub mod router;
+pub mod session;
+pub mod throttle;
+pub mod tls;
+pub mod xml;
+
+use crate::auth::AccountStore;
+use crate::config::{Config, ListenerKind};
+use crate::context::{Context, ListenerSettings};
+use crate::listener::{accept_loop, ConnectionCaps, Service};
+use crate::ops::metrics::Stats;
+use crate::pending::PendingTable;
+use crate::proto::stanza::ErrorType;
+use crate::router::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("accounts: {0}")]
+    Accounts(#[from] auth::AuthError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct Broker {
+    /// Bound c2s listeners, in config order (port 0 in the config becomes the real port here).
+    pub c2s_addrs: Vec<(ListenerKind, SocketAddr)>,
+    pub component_addr: Option<SocketAddr>,
+    pub stats: Arc<Stats>,
+    pub router: Arc<Router>,
+    stop_accepting: watch::Sender<bool>,
+    stop_sessions: watch::Sender<bool>,
+    shutdown_timeout: Duration,
+}
+
+impl Broker {
+    /// Load accounts and TLS material, bind every listener and start serving.
+    pub async fn start(config: Config) -> Result<Broker, StartError> {
+        let started = std::time::Instant::now();
+        let accounts = load_accounts(&config)?;
+        tracing::info!(accounts = accounts.len(), elapsed_ms = started.elapsed().as_millis() as u64, "accounts loaded");
+        let identity = tls::Identity::load_or_create(&config)?;
+        let stats = Arc::new(Stats::default());
+        let requests = &config.requests;
+        let pending = PendingTable::new(
+            Duration::from_millis(requests.timeout_ms),
+            requests.max_pending_per_cpe,
+            requests.max_pending_per_acs,
+        );
+        let router = Arc::new(Router::new(
+            config.domain(),
+            &config.accounts.acs,
+            config.components.iter().map(|c| c.domain.clone()),
+            pending,
+            stats.clone(),
+        ));
+        let (stop_accepting, accepting_rx) = watch::channel(false);
+        let (stop_sessions, sessions_rx) = watch::channel(false);
+        let ctx = Arc::new(Context::new(&config, router.clone(), Arc::new(accounts), stats.clone(), sessions_rx));
+        let caps = Arc::new(ConnectionCaps::new(config.limits.max_sessions, config.limits.max_pre_auth_per_ip));
+
+        let mut c2s_addrs = Vec::new();
+        for listener_config in &config.listeners {
+            let tcp = bind(listener_config.address).await?;
+            let address = tcp.local_addr().map_err(|source| StartError::Bind {
+                address: listener_config.address,
+                source,
+            })?;
+            let settings = Arc::new(ListenerSettings {
+                kind: listener_config.kind,
+                mechanisms: listener_config.sasl_mechanisms.iter().copied().map(context::mechanism).collect(),
+                tls: tokio_rustls::TlsAcceptor::from(identity.server_config(&listener_config.tls_versions)?),
+            });
+            tracing::info!(%address, kind = ?listener_config.kind, "c2s listener ready");
+            c2s_addrs.push((listener_config.kind, address));
+            tokio::spawn(accept_loop(tcp, Service::C2s, Some(settings), ctx.clone(), caps.clone(), accepting_rx.clone()));
+        }
+        let mut component_addr = None;
+        if let Some(component_config) = &config.component_listener {
+            let tcp = bind(component_config.address).await?;
+            let address = tcp.local_addr().map_err(|source| StartError::Bind {
+                address: component_config.address,
+                source,
+            })?;
+            tracing::info!(%address, "component listener ready");
+            component_addr = Some(address);
+            tokio::spawn(accept_loop(tcp, Service::Component, None, ctx.clone(), caps.clone(), accepting_rx.clone()));
+        }
+        tokio::spawn(expire_requests(router.clone(), accepting_rx));
+        tracing::info!(domain = config.domain(), elapsed_ms = started.elapsed().as_millis() as u64, "crbroker started");
+        Ok(Broker {
+            c2s_addrs,
+            component_addr,
+            stats,
+            router,
+            stop_accepting,
+            stop_sessions,
+            shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
+        })
+    }
+
+    /// The address of the first c2s listener of `kind`.
+    pub fn c2s_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.c2s_addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Graceful shutdown: stop accepting, answer every pending request, send each stream
+    /// `<system-shutdown/>`, and wait (at most the configured bound) for connections to close.
+    pub async fn shutdown(self) {
+        let _ = self.stop_accepting.send(true);
+        let router = &self.router;
+        for request in router.pending.drain_all() {
+            router.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, "shutdown");
+        }
+        let _ = self.stop_sessions.send(true);
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        while Stats::get(&self.stats.connections_open) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = Stats::get(&self.stats.connections_open);
+        if left > 0 {
+            tracing::warn!(connections = left, "shutdown bound reached with connections still open");
+        }
+        tracing::info!("crbroker stopped");
+    }
+}
+
+/// Run until `signal` resolves, then shut down gracefully.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let broker = Broker::start(config).await?;
+    signal.await;
+    tracing::info!("shutdown requested");
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn load_accounts(config: &Config) -> Result<AccountStore, StartError> {
+    let mut accounts = match &config.accounts.file {
+        Some(file) => AccountStore::load(&config.resolve(file.get_ref()))?,
+        None => AccountStore::new(),
+    };
+    for (username, password) in &config.accounts.plain {
+        accounts.insert_plain(username, password.expose())?;
+    }
+    Ok(accounts)
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })
+}
+
+/// Answer requests whose CPE did not answer in time. A coarse tick is enough: the deadline is
+/// seconds, and the tick costs nothing while the table is empty.
+async fn expire_requests(router: Arc<Router>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::context::stopped(&mut stop) => return,
+        }
+        if !router.pending.is_empty() {
+            router.expire_requests(std::time::Instant::now());
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The `crbroker` command: run the broker, check a config, or hash a password.
+
+use clap::{Parser, Subcommand};
+use crbroker::config::{Config, DEFAULT_CONFIG};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "crbroker", version, about = "XMPP connection-request broker for TR-069 Annex K")]
+struct Cli {
+    /// Configuration file. Default: ./config.toml, or the embedded default when there is none.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Run,
+    /// Check a configuration file (and the accounts file it names) without starting.
+    CheckConfig { file: PathBuf },
+    /// Print an accounts-file line with the password stored as SCRAM keys (no plaintext).
+    HashPassword {
+        username: String,
+        /// The password; read from standard input when omitted.
+        password: Option<String>,
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::HashPassword { username, password, iterations } => hash_password(&username, password, iterations),
+        Command::Run => run(cli.config),
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string()),
+        None if std::path::Path::new("config.toml").exists() => {
+            Config::load(std::path::Path::new("config.toml")).map_err(|e| e.to_string())
+        }
+        None => Config::parse(DEFAULT_CONFIG, "<embedded config.toml>", PathBuf::from("."))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,crbroker::requests=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn run(config_path: Option<PathBuf>) -> ExitCode {
+    init_tracing();
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("crbroker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("crbroker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(crbroker::run(config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crbroker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        eprintln!("crbroker: cannot install signal handlers");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("crbroker: second signal, exiting now");
+        std::process::exit(1);
+    });
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("crbroker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(accounts) = &config.accounts.file {
+        if let Err(e) = crbroker::auth::AccountStore::load(&config.resolve(accounts.get_ref())) {
+            eprintln!("crbroker: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    println!("{}: ok", file.display());
+    ExitCode::SUCCESS
+}
+
+fn hash_password(username: &str, password: Option<String>, iterations: u32) -> ExitCode {
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("crbroker: cannot read the password from standard input");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    println!("{}", crbroker::auth::hash_line(username, &password, iterations));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,63 @@
+//! Broker-wide counters: lock-free atomics, cheap to bump on the hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        impl Stats {
+            /// Every counter with its name, for logs and the admin view.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// TCP connections accepted on any listener.
+    connections_accepted,
+    /// Connections currently open (any phase).
+    connections_open,
+    /// Sessions currently bound (CPEs and ACS accounts) or handshaken (components).
+    sessions_online,
+    logins_ok,
+    logins_failed,
+    /// Logins refused because the account is locked after too many failures.
+    logins_throttled,
+    auth_plain,
+    auth_scram_sha1,
+    auth_scram_sha256,
+    component_handshakes_ok,
+    component_handshakes_failed,
+    /// Connection requests (IQ get/set from an ACS to a CPE) relayed to a CPE.
+    requests_relayed,
+    requests_answered_result,
+    requests_answered_error,
+    requests_offline,
+    requests_timed_out,
+    requests_overloaded,
+    requests_cpe_gone,
+    /// CPE answers that arrived after the broker had answered (timeout) or for unknown ids.
+    answers_late_or_unknown,
+    /// Answers for an ACS connection that had gone.
+    answers_acs_gone,
+    /// Stanzas refused by the routing policy (e.g. CPE to CPE).
+    stanzas_refused,
+    stream_errors_sent,
+    sessions_replaced,
+    sessions_stuck_closed,
+}
+
+impl Stats {
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,3 @@
+//! Operations: counters an operator (and the tests) can read.
+
+pub mod metrics;

@@ -1,0 +1,376 @@
+//! Online sessions and the routing policy.
+//!
+//! The router maps bare JIDs to their bound client sessions (most recent last) and component
+//! domains to their connections. It decides who may address whom: a CPE may address only the
+//! server and ACS entities; ACS entities (components, ACS accounts) may address CPEs. Requests
+//! from an ACS to a CPE go through the [`PendingTable`] so each gets exactly one answer.
+
+use crate::ops::metrics::Stats;
+use crate::outbox::PushError;
+use crate::pending::{self, PendingRequest, PendingTable, Refusal};
+use crate::proto::stanza::{self, ErrorType, IqType, Kind};
+use crate::session::{Role, SessionHandle};
+use crate::xml::Element;
+use crate::jid::JidRef;
+use dashmap::DashMap;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+const REQUEST_LOG: &str = "crbroker::requests";
+
+pub struct Router {
+    domain: String,
+    acs_accounts: HashSet<String>,
+    component_domains: HashSet<String>,
+    /// bare JID -> bound sessions of that account, most recently bound last.
+    clients: DashMap<String, Vec<Arc<SessionHandle>>>,
+    components: DashMap<String, Vec<Arc<SessionHandle>>>,
+    round_robin: AtomicUsize,
+    pub pending: PendingTable,
+    pub stats: Arc<Stats>,
+}
+
+/// Where a stanza's `to` points.
+enum Target {
+    /// The server itself (or no `to`): handled by the sender's session.
+    Server,
+    Cpe,
+    Acs,
+    Elsewhere,
+}
+
+impl Router {
+    pub fn new(
+        domain: &str,
+        acs_usernames: &[String],
+        component_domains: impl IntoIterator<Item = String>,
+        pending: PendingTable,
+        stats: Arc<Stats>,
+    ) -> Router {
+        let domain = domain.to_ascii_lowercase();
+        Router {
+            acs_accounts: acs_usernames
+                .iter()
+                .map(|u| format!("{}@{}", u.to_ascii_lowercase(), domain))
+                .collect(),
+            component_domains: component_domains
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            domain,
+            clients: DashMap::new(),
+            components: DashMap::new(),
+            round_robin: AtomicUsize::new(0),
+            pending,
+            stats,
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn is_acs_account(&self, bare: &str) -> bool {
+        self.acs_accounts.contains(bare)
+    }
+
+    pub fn is_component_domain(&self, domain: &str) -> bool {
+        self.component_domains.contains(&*crate::jid::lower(domain))
+    }
+
+    /// Register a bound client session. A session already bound to the same full JID is returned
+    /// (the caller closes it with `<conflict/>`).
+    pub fn bind_client(&self, bare: &str, session: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let mut entry = self.clients.entry(bare.to_string()).or_default();
+        let replaced = entry
+            .iter()
+            .position(|s| s.jid == session.jid)
+            .map(|i| entry.remove(i));
+        entry.push(session);
+        replaced
+    }
+
+    pub fn unbind_client(&self, bare: &str, conn_id: u64) {
+        self.clients.remove_if_mut(bare, |_, sessions| {
+            sessions.retain(|s| s.conn_id != conn_id);
+            sessions.is_empty()
+        });
+    }
+
+    pub fn attach_component(&self, domain: &str, session: Arc<SessionHandle>) {
+        self.components
+            .entry(domain.to_ascii_lowercase())
+            .or_default()
+            .push(session);
+    }
+
+    pub fn detach_component(&self, domain: &str, conn_id: u64) {
+        self.components
+            .remove_if_mut(&domain.to_ascii_lowercase(), |_, conns| {
+                conns.retain(|s| s.conn_id != conn_id);
+                conns.is_empty()
+            });
+    }
+
+    pub fn online_clients(&self) -> usize {
+        self.clients.iter().map(|e| e.value().len()).sum()
+    }
+
+    /// Every live session (shutdown uses this to close them all).
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        let mut out: Vec<Arc<SessionHandle>> = Vec::new();
+        for entry in self.clients.iter() {
+            out.extend(entry.value().iter().cloned());
+        }
+        for entry in self.components.iter() {
+            out.extend(entry.value().iter().cloned());
+        }
+        out
+    }
+
+    /// The session a client-domain JID names: a full JID exactly, a bare JID the latest bound.
+    fn find_client(&self, jid: &JidRef) -> Option<Arc<SessionHandle>> {
+        let bare = jid.bare();
+        let sessions = self.clients.get(bare.as_ref())?;
+        match jid.resource {
+            Some(resource) => sessions
+                .iter()
+                .find(|s| s.jid.len() == bare.len() + 1 + resource.len() && s.jid.ends_with(resource))
+                .cloned(),
+            None => sessions.last().cloned(),
+        }
+    }
+
+    fn find_component(&self, domain: &str) -> Option<Arc<SessionHandle>> {
+        let conns = self.components.get(&*crate::jid::lower(domain))?;
+        match conns.len() {
+            0 => None,
+            1 => Some(conns[0].clone()),
+            n => Some(conns[self.round_robin.fetch_add(1, Ordering::Relaxed) % n].clone()),
+        }
+    }
+
+    fn classify(&self, to: Option<&JidRef>, sender: &SessionHandle) -> Target {
+        let Some(to) = to else { return Target::Server };
+        if to.domain_is(&self.domain) {
+            match to.local {
+                None => Target::Server,
+                Some(_) => {
+                    let bare = to.bare();
+                    if self.acs_accounts.contains(bare.as_ref()) {
+                        Target::Acs
+                    } else if sender.role != Role::Component
+                        && to.resource.is_none()
+                        && sender.jid.starts_with(bare.as_ref())
+                        && sender.jid.as_bytes().get(bare.len()) == Some(&b'/')
+                    {
+                        // A client addressing its own bare JID talks to the server on its behalf.
+                        Target::Server
+                    } else {
+                        Target::Cpe
+                    }
+                }
+            }
+        } else if self.is_component_domain(to.domain) {
+            Target::Acs
+        } else {
+            Target::Elsewhere
+        }
+    }
+
+    /// Route a stanza whose `from` the sender's session has already stamped.
+    /// Returns a reply for the sender (an error) when the stanza cannot be delivered, or
+    /// `Err(stanza)` when the stanza is for the server itself (the session handles it).
+    pub fn route(&self, sender: &Arc<SessionHandle>, stanza: Element) -> Result<Option<Element>, Element> {
+        let kind = Kind::of(&stanza);
+        let iq_type = if kind == Some(Kind::Iq) { IqType::of(&stanza) } else { None };
+        let is_request = iq_type.is_some_and(IqType::is_request);
+        let to_attr = stanza.attr("to").map(str::to_owned);
+        let to = match to_attr.as_deref().map(JidRef::parse) {
+            None => None,
+            Some(Ok(jid)) => Some(jid),
+            Some(Err(_)) => {
+                return Ok(is_request.then(|| {
+                    stanza::error_reply(&stanza, None, "jid-malformed", ErrorType::Modify)
+                }));
+            }
+        };
+        let target = self.classify(to.as_ref(), sender);
+        let refuse = |stanza: &Element| {
+            Stats::bump(&self.stats.stanzas_refused);
+            tracing::debug!(to = ?to_attr, kind = %stanza.name, "stanza refused by routing policy");
+            is_request.then(|| {
+                stanza::error_reply(stanza, to_attr.as_deref(), "service-unavailable", ErrorType::Cancel)
+            })
+        };
+        match (target, sender.role) {
+            (Target::Server, _) => Err(stanza),
+            (Target::Elsewhere, _) => Ok(refuse(&stanza)),
+            (Target::Cpe, Role::Cpe) => Ok(refuse(&stanza)),
+            (Target::Cpe, _) => {
+                let Some(to) = to else { return Err(stanza) };
+                if is_request {
+                    Ok(self.relay_request(sender, stanza, &to))
+                } else {
+                    match self.find_client(&to) {
+                        Some(cpe) => {
+                            let _ = cpe.outbox.push(stanza);
+                        }
+                        None => Stats::bump(&self.stats.stanzas_refused),
+                    }
+                    Ok(None)
+                }
+            }
+            (Target::Acs, role) => {
+                let Some(to) = to else { return Err(stanza) };
+                if role == Role::Cpe && !is_request && kind == Some(Kind::Iq) {
+                    self.relay_answer(sender, stanza);
+                    return Ok(None);
+                }
+                let destination = if self.is_component_domain(to.domain) {
+                    self.find_component(to.domain)
+                } else {
+                    self.find_client(&to)
+                };
+                match destination {
+                    Some(acs) => match acs.outbox.push(stanza) {
+                        Ok(()) => Ok(None),
+                        Err(PushError::Full) => Ok(None),
+                        Err(PushError::Closed) => Ok(None),
+                    },
+                    None => Ok(refuse(&stanza)),
+                }
+            }
+        }
+    }
+
+    /// ACS -> CPE request: track it, rewrite the id, deliver, or answer at once.
+    fn relay_request(&self, acs: &Arc<SessionHandle>, mut request: Element, to: &JidRef) -> Option<Element> {
+        let acs_jid = request.attr("from").unwrap_or_default().to_string();
+        let acs_id = request.attr("id").unwrap_or_default().to_string();
+        let to_attr = request.attr("to").unwrap_or_default().to_string();
+        let started = Instant::now();
+        let Some(cpe) = self.find_client(to) else {
+            Stats::bump(&self.stats.requests_offline);
+            log_outcome(&acs_jid, &to_attr, &acs_id, "offline", None, started);
+            return Some(stanza::iq_error(&acs_id, &to_attr, &acs_jid, "service-unavailable", ErrorType::Cancel));
+        };
+        let entry = PendingRequest {
+            acs: acs.clone(),
+            acs_jid: acs_jid.clone(),
+            acs_id: acs_id.clone(),
+            cpe_conn: cpe.conn_id,
+            cpe_jid: cpe.jid.clone(),
+            started,
+        };
+        let id = match self.pending.begin(entry) {
+            Ok(id) => id,
+            Err(refusal) => {
+                Stats::bump(&self.stats.requests_overloaded);
+                let why = match refusal {
+                    Refusal::CpeBusy => "overload (cpe)",
+                    Refusal::AcsBusy => "overload (acs)",
+                };
+                log_outcome(&acs_jid, &cpe.jid, &acs_id, why, None, started);
+                return Some(stanza::iq_error(&acs_id, &cpe.jid, &acs_jid, "resource-constraint", ErrorType::Wait));
+            }
+        };
+        request.set_attr("id", pending::wire_id(id));
+        // The CPE sees its own full JID even when the ACS used the bare one.
+        request.set_attr("to", cpe.jid.as_str());
+        match cpe.outbox.push(request) {
+            Ok(()) => {
+                Stats::bump(&self.stats.requests_relayed);
+                None
+            }
+            Err(error) => {
+                let entry = self.pending.cancel(id)?;
+                let (condition, error_type, outcome) = match error {
+                    PushError::Full => ("resource-constraint", ErrorType::Wait, "overload (outbox full)"),
+                    PushError::Closed => ("service-unavailable", ErrorType::Cancel, "offline"),
+                };
+                if error == PushError::Full {
+                    Stats::bump(&self.stats.requests_overloaded);
+                } else {
+                    Stats::bump(&self.stats.requests_offline);
+                }
+                log_outcome(&acs_jid, &entry.cpe_jid, &acs_id, outcome, None, started);
+                Some(stanza::iq_error(&acs_id, &entry.cpe_jid, &acs_jid, condition, error_type))
+            }
+        }
+    }
+
+    /// CPE -> ACS IQ result/error: deliver to the connection that asked, with its id restored.
+    fn relay_answer(&self, cpe: &Arc<SessionHandle>, mut answer: Element) {
+        let request = answer
+            .attr("id")
+            .and_then(pending::parse_wire_id)
+            .and_then(|id| self.pending.complete(cpe.conn_id, id));
+        let Some(request) = request else {
+            Stats::bump(&self.stats.answers_late_or_unknown);
+            tracing::debug!(target: REQUEST_LOG, cpe = %cpe.jid, id = ?answer.attr("id"), "late or unknown answer dropped");
+            return;
+        };
+        let is_error = answer.attr("type") == Some("error");
+        if is_error {
+            Stats::bump(&self.stats.requests_answered_error);
+        } else {
+            Stats::bump(&self.stats.requests_answered_result);
+        }
+        log_outcome(
+            &request.acs_jid,
+            &request.cpe_jid,
+            &request.acs_id,
+            if is_error { "cpe error" } else { "cpe result" },
+            stanza::error_condition(&answer),
+            request.started,
+        );
+        answer.set_attr("id", request.acs_id.as_str());
+        answer.set_attr("to", request.acs_jid.as_str());
+        self.deliver_to_acs(&request.acs, answer);
+    }
+
+    fn deliver_to_acs(&self, acs: &SessionHandle, stanza: Element) {
+        if acs.outbox.push(stanza).is_err() {
+            Stats::bump(&self.stats.answers_acs_gone);
+        }
+    }
+
+    /// Answer `request` on the broker's behalf (timeout, CPE gone, shutdown).
+    pub fn answer_for_cpe(&self, request: PendingRequest, condition: &str, error_type: ErrorType, outcome: &str) {
+        log_outcome(&request.acs_jid, &request.cpe_jid, &request.acs_id, outcome, Some(condition), request.started);
+        let reply = stanza::iq_error(&request.acs_id, &request.cpe_jid, &request.acs_jid, condition, error_type);
+        self.deliver_to_acs(&request.acs, reply);
+    }
+
+    /// Answer requests whose deadline passed.
+    pub fn expire_requests(&self, now: Instant) {
+        for request in self.pending.expired(now) {
+            Stats::bump(&self.stats.requests_timed_out);
+            self.answer_for_cpe(request, "remote-server-timeout", ErrorType::Wait, "timeout");
+        }
+    }
+
+    /// A CPE connection ended: answer everything pending for it at once.
+    pub fn cpe_gone(&self, cpe_conn: u64) {
+        for request in self.pending.for_cpe_gone(cpe_conn) {
+            Stats::bump(&self.stats.requests_cpe_gone);
+            self.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, "cpe gone");
+        }
+    }
+}
+
+fn log_outcome(acs: &str, cpe: &str, id: &str, outcome: &str, condition: Option<&str>, started: Instant) {
+    tracing::info!(
+        target: REQUEST_LOG,
+        acs,
+        cpe,
+        id,
+        outcome,
+        condition = condition.unwrap_or("-"),
+        latency_us = started.elapsed().as_micros() as u64,
+        "connection request"
+    );
+}

@@ -1,0 +1,406 @@
+//! Client-to-server connections (CPEs and ACS accounts): STARTTLS or direct TLS, SASL, resource
+//! binding, then the ready loop.
+//!
+//! The negotiation runs under one deadline (`limits.pre_auth_timeout_secs`) from TCP accept to
+//! bind. Before TLS the only feature offered is `<starttls><required/>`; nothing but STARTTLS is
+//! accepted there. Negotiation elements go out one per write (GenieACS reads only the first
+//! element of each TCP read while negotiating).
+
+use super::ready::{self, Ending};
+use super::{new_stream_id, Conn, ConnError, Role, SessionHandle};
+use crate::config::ListenerKind;
+use crate::context::{Context, ListenerSettings};
+use crate::jid::JidRef;
+use crate::ops::metrics::Stats;
+use crate::outbox::Outbox;
+use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
+use crate::xml::{ns, writer, Element, Frame, StreamHeader};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// Failed SASL attempts allowed on one connection before it is closed.
+const MAX_AUTH_ATTEMPTS: u32 = 3;
+
+/// Why negotiation stopped; the stream error (if any) has been sent.
+#[derive(Debug)]
+struct Refused;
+
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, listener: Arc<ListenerSettings>, ctx: Arc<Context>) {
+    let span = tracing::info_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
+        let mut shutdown = ctx.shutdown.clone();
+        let negotiation = async {
+            match listener.kind {
+                ListenerKind::Starttls => {
+                    let mut plain = Conn::new(tcp, ctx.limits, ns::CLIENT, ctx.write_timeout);
+                    let upgraded = tokio::time::timeout_at(deadline, starttls(&mut plain, &ctx)).await;
+                    match upgraded {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Refused)) => return None,
+                        Err(_) => {
+                            plain.send_stream_error(&ctx.domain, "connection-timeout", None).await;
+                            return None;
+                        }
+                    }
+                    let tcp = plain.stream;
+                    let tls = tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await;
+                    let tls = match tls {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return None;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return None;
+                        }
+                    };
+                    let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
+                    after_tls(conn, conn_id, deadline, &listener, &ctx).await
+                }
+                ListenerKind::DirectTls => {
+                    let tls = match tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return None;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return None;
+                        }
+                    };
+                    let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
+                    after_tls(conn, conn_id, deadline, &listener, &ctx).await
+                }
+            }
+        };
+        let bound = tokio::select! {
+            bound = negotiation => bound,
+            _ = crate::context::stopped(&mut shutdown) => None,
+        };
+        let Some((mut conn, handle, bare)) = bound else { return };
+        tracing::Span::current().record("jid", handle.jid.as_str());
+        Stats::bump(&ctx.stats.sessions_online);
+        let ending = ready::run(&mut conn, &handle, &ctx).await;
+        finish(&mut conn, &handle, &bare, &ctx, ending).await;
+    }
+    .instrument(span)
+    .await
+}
+
+type TlsConn = Conn<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// TLS is up: SASL and bind under the same deadline.
+async fn after_tls(
+    mut conn: TlsConn,
+    conn_id: u64,
+    deadline: tokio::time::Instant,
+    listener: &ListenerSettings,
+    ctx: &Context,
+) -> Option<(TlsConn, Arc<SessionHandle>, String)> {
+    match tokio::time::timeout_at(deadline, authenticate_and_bind(&mut conn, conn_id, listener, ctx)).await {
+        Ok(Ok((handle, bare))) => Some((conn, handle, bare)),
+        Ok(Err(Refused)) => None,
+        Err(_) => {
+            conn.send_stream_error(&ctx.domain, "connection-timeout", None).await;
+            None
+        }
+    }
+}
+
+async fn finish(conn: &mut TlsConn, handle: &Arc<SessionHandle>, bare: &str, ctx: &Context, ending: Ending) {
+    handle.outbox.seal();
+    ctx.router.unbind_client(bare, handle.conn_id);
+    if handle.role == Role::Cpe {
+        ctx.router.cpe_gone(handle.conn_id);
+    }
+    ctx.stats.sessions_online.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ready::close(conn, &ctx.domain, &ctx.stats, ending).await;
+}
+
+/// Read the peer's stream header and answer with ours, or a stream error.
+async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    ctx: &Context,
+) -> Result<StreamHeader, Refused> {
+    let header = match conn.next_frame().await {
+        Ok(Frame::StreamOpen(header)) => header,
+        Ok(_) => {
+            conn.send_stream_error(&ctx.domain, "not-well-formed", None).await;
+            return Err(Refused);
+        }
+        Err(e) => {
+            refuse_on_error(conn, &ctx.domain, e).await;
+            return Err(Refused);
+        }
+    };
+    let problem = header_problem(&header, ns::CLIENT, |to| to.eq_ignore_ascii_case(&ctx.domain));
+    if let Some(condition) = problem {
+        conn.send_stream_error(&ctx.domain, condition, None).await;
+        Stats::bump(&ctx.stats.stream_errors_sent);
+        return Err(Refused);
+    }
+    let id = new_stream_id();
+    if conn.send_header(&ctx.domain, header.from.as_deref(), &id).await.is_err() {
+        return Err(Refused);
+    }
+    Ok(header)
+}
+
+/// The stream error a header deserves, if any (RFC 6120 section 4.9.3).
+pub(super) fn header_problem(header: &StreamHeader, content_ns: &str, to_ok: impl Fn(&str) -> bool) -> Option<&'static str> {
+    if header.content_ns.as_deref() != Some(content_ns) {
+        return Some("invalid-namespace");
+    }
+    match header.version.as_deref() {
+        Some(v) if v.split('.').next() == Some("1") => {}
+        _ => return Some("unsupported-version"),
+    }
+    match header.to.as_deref() {
+        Some(to) if to_ok(to) => None,
+        Some(_) => Some("host-unknown"),
+        None => Some("host-unknown"),
+    }
+}
+
+/// Send the stream error a read failure deserves (nothing for a vanished peer).
+pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, domain: &str, error: ConnError) {
+    match error {
+        ConnError::Frame(e) => {
+            tracing::debug!("stream refused: {e}");
+            conn.send_stream_error(domain, e.condition(), None).await;
+        }
+        other => tracing::debug!("connection ended during negotiation: {other}"),
+    }
+}
+
+async fn send_str<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, text: &str) -> Result<(), Refused> {
+    conn.send_raw(text.as_bytes()).await.map_err(|_| Refused)
+}
+
+async fn starttls(conn: &mut Conn<TcpStream>, ctx: &Context) -> Result<(), Refused> {
+    open_stream(conn, ctx).await?;
+    send_str(
+        conn,
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
+    )
+    .await?;
+    loop {
+        let element = next_element(conn, ctx).await?;
+        if element.is("starttls", ns::TLS) {
+            return send_str(conn, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        }
+        if element.is("auth", ns::SASL) {
+            // Credentials must never travel in the clear: refuse, and keep the door to STARTTLS open.
+            send_str(
+                conn,
+                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>",
+            )
+            .await?;
+            continue;
+        }
+        conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+        return Err(Refused);
+    }
+}
+
+/// The next top-level element during negotiation; a closed stream or bad XML ends negotiation.
+async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, ctx: &Context) -> Result<Element, Refused> {
+    match conn.next_frame().await {
+        Ok(Frame::Stanza(element)) => Ok(element),
+        Ok(Frame::StreamClose) => {
+            conn.close().await;
+            Err(Refused)
+        }
+        Ok(Frame::StreamOpen(_)) => {
+            conn.send_stream_error(&ctx.domain, "not-well-formed", None).await;
+            Err(Refused)
+        }
+        Err(e) => {
+            refuse_on_error(conn, &ctx.domain, e).await;
+            Err(Refused)
+        }
+    }
+}
+
+async fn authenticate_and_bind(
+    conn: &mut TlsConn,
+    conn_id: u64,
+    listener: &ListenerSettings,
+    ctx: &Context,
+) -> Result<(Arc<SessionHandle>, String), Refused> {
+    open_stream(conn, ctx).await?;
+    let mut features = String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+    for mechanism in &listener.mechanisms {
+        features.push_str("<mechanism>");
+        features.push_str(mechanism.name());
+        features.push_str("</mechanism>");
+    }
+    features.push_str("</mechanisms></stream:features>");
+    send_str(conn, &features).await?;
+    let username = sasl_exchange(conn, listener, ctx).await?;
+
+    conn.restart_stream();
+    open_stream(conn, ctx).await?;
+    send_str(
+        conn,
+        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>",
+    )
+    .await?;
+    bind(conn, conn_id, &username, ctx).await
+}
+
+async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Context) -> Result<String, Refused> {
+    let mut failures = 0;
+    loop {
+        let element = next_element(conn, ctx).await?;
+        if !element.is("auth", ns::SASL) {
+            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+            return Err(Refused);
+        }
+        let step = match element
+            .attr("mechanism")
+            .and_then(Mechanism::from_name)
+            .filter(|m| listener.mechanisms.contains(m))
+        {
+            None => Step::Failure(sasl::Failure::InvalidMechanism),
+            Some(mechanism) => match sasl::decode_payload(&element.text()) {
+                Err(failure) => Step::Failure(failure),
+                Ok(initial) => {
+                    let (mut session, mut step) =
+                        SaslSession::start(mechanism, initial.as_deref(), &ctx.accounts, &ctx.server_secret);
+                    while let Step::Challenge(challenge) = &step {
+                        let text = format!(
+                            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
+                            sasl::encode_payload(challenge)
+                        );
+                        send_str(conn, &text).await?;
+                        let reply = next_element(conn, ctx).await?;
+                        step = if reply.is("response", ns::SASL) {
+                            match sasl::decode_payload(&reply.text()) {
+                                Ok(data) => session.step(&data.unwrap_or_default(), &ctx.accounts),
+                                Err(failure) => Step::Failure(failure),
+                            }
+                        } else if reply.is("abort", ns::SASL) {
+                            session.abort()
+                        } else {
+                            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+                            return Err(Refused);
+                        };
+                    }
+                    let attempted = session.attempted_username().map(str::to_owned);
+                    match step {
+                        Step::Success { username, .. } if ctx.throttle.is_locked(&username, Instant::now()) => {
+                            Stats::bump(&ctx.stats.logins_throttled);
+                            Step::Failure(sasl::Failure::NotAuthorized)
+                        }
+                        Step::Success { username, additional_data } => {
+                            ctx.throttle.record_success(&username);
+                            Stats::bump(match mechanism {
+                                Mechanism::Plain => &ctx.stats.auth_plain,
+                                Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
+                                Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
+                            });
+                            Step::Success { username, additional_data }
+                        }
+                        Step::Failure(failure) => {
+                            if let Some(user) = attempted {
+                                ctx.throttle.record_failure(&user, Instant::now());
+                            }
+                            Step::Failure(failure)
+                        }
+                        Step::Challenge(_) => Step::Failure(sasl::Failure::MalformedRequest),
+                    }
+                }
+            },
+        };
+        match step {
+            Step::Success { username, additional_data } => {
+                let text = match additional_data {
+                    Some(data) => format!(
+                        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</success>",
+                        sasl::encode_payload(&data)
+                    ),
+                    None => "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_string(),
+                };
+                send_str(conn, &text).await?;
+                Stats::bump(&ctx.stats.logins_ok);
+                return Ok(username);
+            }
+            Step::Failure(failure) => {
+                Stats::bump(&ctx.stats.logins_failed);
+                failures += 1;
+                let text = format!(
+                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>",
+                    failure.condition()
+                );
+                send_str(conn, &text).await?;
+                if failures >= MAX_AUTH_ATTEMPTS {
+                    conn.send_stream_error(&ctx.domain, "policy-violation", Some("too many failed authentication attempts")).await;
+                    return Err(Refused);
+                }
+            }
+            Step::Challenge(_) => unreachable!("challenges are handled above"),
+        }
+    }
+}
+
+async fn bind(conn: &mut TlsConn, conn_id: u64, username: &str, ctx: &Context) -> Result<(Arc<SessionHandle>, String), Refused> {
+    loop {
+        let element = next_element(conn, ctx).await?;
+        let is_iq_set = element.is("iq", "") && element.attr("type") == Some("set");
+        let id = element.attr("id").unwrap_or_default().to_string();
+        if is_iq_set && element.child("session", ns::SESSION).is_some() {
+            // Legacy RFC 3921 session establishment: a no-op, but libstrophe asks for it.
+            let reply = Element::stanza("iq").with_attr("type", "result").with_attr("id", id);
+            conn.send_element(&reply).await.map_err(|_| Refused)?;
+            continue;
+        }
+        let Some(bind) = element.child("bind", ns::BIND).filter(|_| is_iq_set) else {
+            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+            return Err(Refused);
+        };
+        let requested = bind
+            .child("resource", ns::BIND)
+            .map(|r| r.text().trim().to_string())
+            .filter(|r| !r.is_empty());
+        // Without a requested resource, derive one from the username so the JID an ACS learned
+        // (ConnReqJabberID) stays the same at every reconnect.
+        let resource = requested.unwrap_or_else(|| username.to_string());
+        let candidate = format!("{username}@{}/{resource}", ctx.domain);
+        let Ok(jid) = JidRef::parse(&candidate) else {
+            let reply = crate::proto::stanza::error_reply(&element, None, "bad-request", crate::proto::stanza::ErrorType::Modify);
+            conn.send_element(&reply).await.map_err(|_| Refused)?;
+            continue;
+        };
+        let full = jid.normalized();
+        let bare = jid.bare().into_owned();
+        let role = if ctx.router.is_acs_account(&bare) { Role::AcsAccount } else { Role::Cpe };
+        let handle = Arc::new(SessionHandle {
+            conn_id,
+            jid: full.clone(),
+            role,
+            outbox: Outbox::new(ctx.outbox_capacity),
+        });
+        let mut reply = Element::stanza("iq").with_attr("type", "result").with_attr("id", id);
+        reply.push_child(Element::new(ns::BIND, "bind").with_child(Element::new(ns::BIND, "jid").with_text(full.clone())));
+        let mut bytes = Vec::with_capacity(256);
+        writer::write_element(&mut bytes, &reply, ns::CLIENT);
+        conn.send_raw(&bytes).await.map_err(|_| Refused)?;
+        if let Some(old) = ctx.router.bind_client(&bare, handle.clone()) {
+            // Same full JID logged in again: the new stream wins, the old one gets <conflict/>.
+            Stats::bump(&ctx.stats.sessions_replaced);
+            old.outbox.close("conflict");
+            ctx.router.cpe_gone(old.conn_id);
+        }
+        tracing::info!(jid = %full, role = ?role, "session bound");
+        return Ok((handle, bare));
+    }
+}

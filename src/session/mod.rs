@@ -1,0 +1,225 @@
+//! Per-connection I/O drivers: one task per connection owns its socket.
+//!
+//! [`Conn`] is the thin framed-stream shell (bytes to [`Frame`]s, elements to bytes, one write per
+//! stanza). `c2s` and `component` drive negotiation and then the ready loop, which selects over the
+//! socket, the connection's [`Outbox`] and the shutdown signal. Everything else reaches a connection
+//! only through its [`SessionHandle`] (held in the router).
+
+pub mod c2s;
+pub mod component;
+mod ready;
+
+use crate::outbox::Outbox;
+use crate::xml::{writer, Element, Frame, FrameError, Framer, FramerLimits};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What a connection is, for the routing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Cpe,
+    AcsAccount,
+    Component,
+}
+
+impl Role {
+    pub fn is_acs(self) -> bool {
+        matches!(self, Role::AcsAccount | Role::Component)
+    }
+}
+
+/// The router's reference to a live connection.
+pub struct SessionHandle {
+    pub conn_id: u64,
+    /// Full JID of a client session; the domain of a component connection.
+    pub jid: String,
+    pub role: Role,
+    pub outbox: Outbox,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.jid, self.conn_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Eof,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("write did not complete within the stuck-session grace")]
+    WriteStuck,
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// A framed XML stream over any byte stream (plain TCP before STARTTLS, TLS after).
+pub struct Conn<S> {
+    pub stream: S,
+    pub framer: Framer,
+    /// Bytes read but not yet framed (`read_buf[read_pos..]`).
+    read_buf: Vec<u8>,
+    read_pos: usize,
+    write_buf: Vec<u8>,
+    write_timeout: Duration,
+    limits: FramerLimits,
+    content_ns: &'static str,
+    /// Whether our stream header has been sent (a stream error needs one first).
+    pub header_sent: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S, limits: FramerLimits, content_ns: &'static str, write_timeout: Duration) -> Self {
+        Conn {
+            stream,
+            framer: Framer::new(limits, content_ns),
+            read_buf: Vec::new(),
+            read_pos: 0,
+            write_buf: Vec::new(),
+            write_timeout,
+            limits,
+            content_ns,
+            header_sent: false,
+        }
+    }
+
+    /// Swap the byte stream (after STARTTLS) keeping settings; unread plaintext is discarded.
+    pub fn upgrade<T: AsyncRead + AsyncWrite + Unpin>(self, stream: T) -> Conn<T> {
+        Conn::new(stream, self.limits, self.content_ns, self.write_timeout)
+    }
+
+    /// Start a new XML stream on the same bytes (after SASL success).
+    pub fn restart_stream(&mut self) {
+        self.framer = Framer::new(self.limits, self.content_ns);
+        self.header_sent = false;
+    }
+
+    pub fn content_ns(&self) -> &'static str {
+        self.content_ns
+    }
+
+    /// Next frame from buffered bytes only (no I/O).
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        if self.read_pos >= self.read_buf.len() {
+            return Ok(None);
+        }
+        let mut input = &self.read_buf[self.read_pos..];
+        let before = input.len();
+        let frame = self.framer.next_frame(&mut input)?;
+        self.read_pos += before - input.len();
+        if self.read_pos >= self.read_buf.len() {
+            self.read_pos = 0;
+            self.read_buf.clear();
+        }
+        Ok(frame)
+    }
+
+    /// Read once from the socket into the buffer (cancel-safe: nothing is lost if dropped).
+    pub async fn fill(&mut self) -> Result<(), ConnError> {
+        if self.read_buf.capacity() < READ_CHUNK {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let start = self.read_buf.len();
+        self.read_buf.resize(start + READ_CHUNK, 0);
+        let result = self.stream.read(&mut self.read_buf[start..]).await;
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.read_buf.truncate(start);
+                return Err(e.into());
+            }
+        };
+        self.read_buf.truncate(start + n);
+        if n == 0 {
+            return Err(ConnError::Eof);
+        }
+        Ok(())
+    }
+
+    /// Wait for the next complete frame.
+    pub async fn next_frame(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Release read buffers while the connection idles.
+    pub fn release_idle_memory(&mut self) {
+        if self.read_pos >= self.read_buf.len() {
+            self.read_buf = Vec::new();
+            self.read_pos = 0;
+        }
+        if self.write_buf.capacity() > 1024 {
+            self.write_buf = Vec::new();
+        }
+        self.framer.release_temporaries();
+    }
+
+    /// Send raw bytes in one write and flush.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ConnError::WriteStuck),
+        }
+    }
+
+    /// Serialise and send one element in one write.
+    pub async fn send_element(&mut self, element: &Element) -> Result<(), ConnError> {
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
+        writer::write_element(&mut buf, element, self.content_ns);
+        let result = self.send_raw(&buf).await;
+        self.write_buf = buf;
+        result
+    }
+
+    /// Send our stream header (response to the peer's).
+    pub async fn send_header(&mut self, from: &str, to: Option<&str>, id: &str) -> Result<(), ConnError> {
+        let mut buf = Vec::with_capacity(256);
+        writer::stream_header(&mut buf, self.content_ns, from, to, id);
+        self.header_sent = true;
+        self.send_raw(&buf).await
+    }
+
+    /// Send a stream error (with a header first if none was sent) and close our side.
+    pub async fn send_stream_error(&mut self, from: &str, condition: &str, text: Option<&str>) {
+        let mut buf = Vec::with_capacity(256);
+        if !self.header_sent {
+            writer::stream_header(&mut buf, self.content_ns, from, None, &new_stream_id());
+            self.header_sent = true;
+        }
+        writer::stream_error(&mut buf, condition, text);
+        // Best effort: the peer may already be gone.
+        let _ = self.send_raw(&buf).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
+
+    /// Close our side of the stream politely.
+    pub async fn close(&mut self) {
+        let _ = self.send_raw(writer::STREAM_FOOTER).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
+}
+
+/// A fresh unpredictable stream id (also the XEP-0114 handshake salt).
+pub fn new_stream_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // getrandom failing means the OS has no entropy source: a counter keeps ids unique.
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&n.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

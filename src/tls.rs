@@ -1,0 +1,120 @@
+//! TLS set-up: the rustls server configuration (ECDSA certificates, stateless session tickets,
+//! TLS 1.2/1.3 only) and the self-signed development certificate created on first start.
+
+use crate::config::{Config, TlsVersion};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("creating the development certificate: {0}")]
+    DevCert(String),
+}
+
+/// The certificate chain and key, loaded once and shared by every listener.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Load the configured certificate, creating a development one first when allowed and missing.
+    pub fn load_or_create(config: &Config) -> Result<Identity, TlsError> {
+        let cert_path = config.resolve(config.tls.cert.get_ref());
+        let key_path = config.resolve(config.tls.key.get_ref());
+        if config.tls.auto_create_dev_cert && !cert_path.exists() && !key_path.exists() {
+            create_dev_certificate(config.domain(), &cert_path, &key_path)?;
+            tracing::warn!(
+                cert = %cert_path.display(),
+                "!!! created a SELF-SIGNED DEVELOPMENT certificate for {}: CPEs will not trust it. \
+                 Use a real certificate and set tls.auto_create_dev_cert = false in production !!!",
+                config.domain()
+            );
+        }
+        Identity::load(&cert_path, &key_path)
+    }
+
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
+        let file_error = |path: &Path, message: String| TlsError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cert_pem =
+            std::fs::read(cert_path).map_err(|e| file_error(cert_path, e.to_string()))?;
+        let chain: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut cert_pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_error(cert_path, format!("bad PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(file_error(cert_path, "no certificate in file".into()));
+        }
+        let key_pem = std::fs::read(key_path).map_err(|e| file_error(key_path, e.to_string()))?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| file_error(key_path, format!("bad PEM: {e}")))?
+            .ok_or_else(|| file_error(key_path, "no private key in file".into()))?;
+        Ok(Identity { chain, key })
+    }
+
+    /// A rustls server configuration accepting exactly `versions`.
+    pub fn server_config(&self, versions: &[TlsVersion]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut protocol_versions = Vec::new();
+        if versions.contains(&TlsVersion::Tls13) {
+            protocol_versions.push(&rustls::version::TLS13);
+        }
+        if versions.contains(&TlsVersion::Tls12) {
+            protocol_versions.push(&rustls::version::TLS12);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&protocol_versions)?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        // Stateless tickets: resumption costs no per-session memory on the broker.
+        server_config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok(Arc::new(server_config))
+    }
+}
+
+/// Write a self-signed ECDSA P-256 certificate for `domain` (key file readable by owner only).
+pub fn create_dev_certificate(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let certified = rcgen::generate_simple_self_signed(vec![domain.to_string()])
+        .map_err(|e| TlsError::DevCert(e.to_string()))?;
+    for path in [cert_path, key_path] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| TlsError::File {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    write_private(key_path, certified.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, certified.cert.pem()).map_err(|e| TlsError::File {
+        path: cert_path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,419 @@
+//! Sans-I/O stream framer: bytes in, [`Frame`]s out, limits enforced as bytes arrive.
+//!
+//! The framer owns an `rxml` parser for one XML stream (a new framer after each stream restart).
+//! It hands out the stream header, each complete top-level element, and the stream footer. Size,
+//! depth and attribute limits are checked while parsing, so a hostile peer can make the broker hold
+//! at most about one stanza limit of memory. DTDs, entities, comments and processing instructions
+//! are refused by `rxml` (restricted XML, RFC 6120 section 11.1); nothing is ever expanded.
+
+use super::element::{Attr, Element, Node};
+use super::ns;
+use rxml::error::EndOrError;
+use rxml::{Event, Parse, Parser, WithOptions};
+
+#[derive(Debug, Clone, Copy)]
+pub struct FramerLimits {
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for FramerLimits {
+    fn default() -> Self {
+        FramerLimits {
+            max_stanza_bytes: 16 * 1024,
+            max_depth: 16,
+            max_attributes: 32,
+            max_header_bytes: 2048,
+        }
+    }
+}
+
+/// The attributes of a peer's `<stream:stream>` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    /// The default namespace the header declared (`jabber:client`, `jabber:component:accept`).
+    pub content_ns: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    StreamOpen(StreamHeader),
+    Stanza(Element),
+    StreamClose,
+}
+
+/// Why a stream cannot go on; each maps to the stream error condition it causes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("XML not well-formed: {0}")]
+    NotWellFormed(String),
+    #[error("restricted XML (DTD, entity, comment or processing instruction)")]
+    RestrictedXml,
+    #[error("{0}")]
+    PolicyViolation(&'static str),
+    #[error("the stream element is not in the streams namespace")]
+    InvalidNamespace,
+    #[error("the first element is not a stream header")]
+    NotAStream,
+}
+
+impl FrameError {
+    /// The RFC 6120 stream error condition for this error.
+    pub fn condition(&self) -> &'static str {
+        match self {
+            FrameError::NotWellFormed(_) => "not-well-formed",
+            FrameError::RestrictedXml => "restricted-xml",
+            FrameError::PolicyViolation(_) => "policy-violation",
+            FrameError::InvalidNamespace | FrameError::NotAStream => "invalid-namespace",
+        }
+    }
+}
+
+pub struct Framer {
+    parser: Parser,
+    limits: FramerLimits,
+    /// The content namespace of this stream: elements in it get the empty namespace.
+    content_ns: &'static str,
+    /// Open elements of the stanza being built (root first).
+    stack: Vec<Element>,
+    header_seen: bool,
+    /// Bytes consumed since the last stanza boundary (or since the start, before the header).
+    pending_bytes: usize,
+    /// Raw header bytes kept until the header is parsed, to read its default namespace.
+    header_raw: Vec<u8>,
+    failed: bool,
+}
+
+impl Framer {
+    /// A framer for a stream whose stanzas are in `content_ns` (see [`ns::CLIENT`], [`ns::COMPONENT`]).
+    pub fn new(limits: FramerLimits, content_ns: &'static str) -> Framer {
+        let mut options = rxml::parser::Options::default();
+        // Bounds what rxml buffers for one name, attribute value or text chunk.
+        options.max_token_length = limits.max_stanza_bytes.clamp(256, 1 << 20);
+        Framer {
+            parser: Parser::with_options(options),
+            limits,
+            content_ns,
+            stack: Vec::new(),
+            header_seen: false,
+            pending_bytes: 0,
+            header_raw: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Parse from `input` until one frame is complete (returned, with `input` advanced past what was
+    /// used) or `input` is used up (`Ok(None)`: feed more). Call again while it returns frames.
+    pub fn next_frame(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        if self.failed {
+            return Err(FrameError::PolicyViolation("stream already failed"));
+        }
+        let result = self.next_frame_inner(input);
+        if result.is_err() {
+            self.failed = true;
+            self.stack = Vec::new();
+            self.parser.release_temporaries();
+        }
+        result
+    }
+
+    fn next_frame_inner(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        loop {
+            let before = *input;
+            let event = self.parser.parse(input, false);
+            let consumed = before.len() - input.len();
+            self.pending_bytes += consumed;
+            if !self.header_seen {
+                self.header_raw.extend_from_slice(&before[..consumed]);
+                if self.pending_bytes > self.limits.max_header_bytes {
+                    return Err(FrameError::PolicyViolation("stream header too large"));
+                }
+            } else if self.pending_bytes > self.limits.max_stanza_bytes {
+                return Err(FrameError::PolicyViolation("stanza too large"));
+            }
+            match event {
+                Ok(Some(event)) => {
+                    if let Some(frame) = self.on_event(event)? {
+                        return Ok(Some(frame));
+                    }
+                }
+                Ok(None) => return Ok(Some(Frame::StreamClose)),
+                Err(EndOrError::NeedMoreData) => return Ok(None),
+                Err(EndOrError::Error(e)) => return Err(classify(&e, before)),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<Option<Frame>, FrameError> {
+        match event {
+            Event::XmlDeclaration(..) => Ok(None),
+            Event::StartElement(_, (ns_uri, name), attrs) => {
+                if !self.header_seen {
+                    if name.as_str() != "stream" {
+                        return Err(FrameError::NotAStream);
+                    }
+                    if ns_uri.as_str() != ns::STREAM {
+                        return Err(FrameError::InvalidNamespace);
+                    }
+                    let mut header = StreamHeader {
+                        content_ns: default_namespace(&self.header_raw),
+                        ..StreamHeader::default()
+                    };
+                    for ((attr_ns, attr_name), value) in attrs {
+                        if !attr_ns.is_none() {
+                            continue;
+                        }
+                        match attr_name.as_str() {
+                            "to" => header.to = Some(value),
+                            "from" => header.from = Some(value),
+                            "version" => header.version = Some(value),
+                            _ => {}
+                        }
+                    }
+                    self.header_seen = true;
+                    self.header_raw = Vec::new();
+                    self.pending_bytes = 0;
+                    return Ok(Some(Frame::StreamOpen(header)));
+                }
+                if self.stack.len() >= self.limits.max_depth {
+                    return Err(FrameError::PolicyViolation("elements nested too deeply"));
+                }
+                if attrs.len() > self.limits.max_attributes {
+                    return Err(FrameError::PolicyViolation("too many attributes"));
+                }
+                let ns_str = ns_uri.as_str();
+                let element_ns = if ns_str == self.content_ns {
+                    String::new()
+                } else {
+                    ns_str.to_string()
+                };
+                let mut element = Element {
+                    ns: element_ns,
+                    name: name.as_str().to_string(),
+                    attrs: Vec::with_capacity(attrs.len()),
+                    children: Vec::new(),
+                };
+                for ((attr_ns, attr_name), value) in attrs {
+                    element.attrs.push(Attr {
+                        ns: (!attr_ns.is_none()).then(|| attr_ns.as_str().to_string()),
+                        name: attr_name.as_str().to_string(),
+                        value,
+                    });
+                }
+                self.stack.push(element);
+                Ok(None)
+            }
+            Event::Text(_, text) => {
+                match self.stack.last_mut() {
+                    Some(parent) => match parent.children.last_mut() {
+                        Some(Node::Text(existing)) => existing.push_str(&text),
+                        _ => parent.children.push(Node::Text(text)),
+                    },
+                    None => {
+                        // Between stanzas only whitespace (keepalives) is allowed.
+                        if !text.bytes().all(|b| b.is_ascii_whitespace()) {
+                            return Err(FrameError::NotWellFormed(
+                                "text at stream level".to_string(),
+                            ));
+                        }
+                        self.pending_bytes = 0;
+                    }
+                }
+                Ok(None)
+            }
+            Event::EndElement(_) => match self.stack.pop() {
+                None => Ok(Some(Frame::StreamClose)),
+                Some(done) => match self.stack.last_mut() {
+                    Some(parent) => {
+                        parent.children.push(Node::Element(done));
+                        Ok(None)
+                    }
+                    None => {
+                        self.pending_bytes = 0;
+                        Ok(Some(Frame::Stanza(done)))
+                    }
+                },
+            },
+        }
+    }
+
+    /// Give back the parser's scratch buffers while the stream idles.
+    pub fn release_temporaries(&mut self) {
+        if self.stack.is_empty() {
+            self.stack = Vec::new();
+        }
+        self.parser.release_temporaries();
+    }
+
+    /// True while a stanza is partly received.
+    pub fn in_stanza(&self) -> bool {
+        !self.stack.is_empty()
+    }
+}
+
+/// rxml reports restricted constructs partly as syntax errors; look at the input to tell them apart.
+fn classify(error: &rxml::Error, input: &[u8]) -> FrameError {
+    if matches!(error, rxml::Error::RestrictedXml(_)) || looks_restricted(input) {
+        FrameError::RestrictedXml
+    } else {
+        FrameError::NotWellFormed(error.to_string())
+    }
+}
+
+fn looks_restricted(input: &[u8]) -> bool {
+    input.windows(2).enumerate().any(|(i, w)| match w {
+        b"<!" => !input[i..].starts_with(b"<![CDATA["),
+        b"<?" => !input[i..].starts_with(b"<?xml "),
+        _ => false,
+    })
+}
+
+/// The value of a default namespace declaration (`xmlns='...'`) in raw header bytes.
+fn default_namespace(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let start_of_stream = text.find("stream")?;
+    let mut rest = &text[start_of_stream..];
+    while let Some(pos) = rest.find("xmlns") {
+        let preceded_by_space = rest[..pos]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_whitespace());
+        let after = rest[pos + 5..].trim_start();
+        rest = &rest[pos + 5..];
+        if !preceded_by_space {
+            continue;
+        }
+        if let Some(value) = after.strip_prefix('=') {
+            let value = value.trim_start();
+            let quote = value.chars().next()?;
+            if quote != '"' && quote != '\'' {
+                return None;
+            }
+            let end = value[1..].find(quote)?;
+            return Some(value[1..1 + end].to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.net' version='1.0'>";
+
+    fn frames(framer: &mut Framer, mut input: &[u8]) -> Result<Vec<Frame>, FrameError> {
+        let mut out = Vec::new();
+        while let Some(frame) = framer.next_frame(&mut input)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    fn client_framer() -> Framer {
+        Framer::new(FramerLimits::default(), ns::CLIENT)
+    }
+
+    #[test]
+    fn header_stanzas_and_footer() {
+        let mut framer = client_framer();
+        let mut input = HEADER.to_vec();
+        input.extend_from_slice(b" <iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>\n<presence/></stream:stream>");
+        let frames = frames(&mut framer, &input).unwrap();
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        match &frames[0] {
+            Frame::StreamOpen(h) => {
+                assert_eq!(h.to.as_deref(), Some("example.net"));
+                assert_eq!(h.version.as_deref(), Some("1.0"));
+                assert_eq!(h.content_ns.as_deref(), Some(ns::CLIENT));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &frames[1] {
+            Frame::Stanza(iq) => {
+                assert_eq!(iq.ns, "");
+                assert_eq!(iq.attr("id"), Some("1"));
+                assert!(iq.first_child().unwrap().is("ping", ns::PING));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&frames[2], Frame::Stanza(p) if p.name == "presence"));
+        assert_eq!(frames[3], Frame::StreamClose);
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_frames() {
+        let mut input = HEADER.to_vec();
+        input.extend_from_slice(b"<message to='a@b'><body>x &amp; y</body></message>");
+        let whole = frames(&mut client_framer(), &input).unwrap();
+        let mut framer = client_framer();
+        let mut split = Vec::new();
+        for byte in &input {
+            split.extend(frames(&mut framer, std::slice::from_ref(byte)).unwrap());
+        }
+        assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn oversized_stanza_is_a_policy_violation() {
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let big = format!("<message><body>{}</body></message>", "a".repeat(20_000));
+        let err = frames(&mut framer, big.as_bytes()).unwrap_err();
+        assert_eq!(err.condition(), "policy-violation");
+    }
+
+    #[test]
+    fn doctype_and_entities_are_restricted() {
+        let mut framer = client_framer();
+        let err = frames(
+            &mut framer,
+            b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>]><stream:stream>",
+        )
+        .unwrap_err();
+        assert_eq!(err.condition(), "restricted-xml", "{err:?}");
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let err = frames(&mut framer, b"<message><!-- hi --></message>").unwrap_err();
+        assert_eq!(err.condition(), "restricted-xml", "{err:?}");
+    }
+
+    #[test]
+    fn deep_nesting_and_many_attributes_are_refused() {
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let deep = "<a>".repeat(40);
+        assert_eq!(
+            frames(&mut framer, deep.as_bytes()).unwrap_err().condition(),
+            "policy-violation"
+        );
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let attrs: String = (0..100).map(|i| format!(" a{i}='x'")).collect();
+        let many = format!("<message{attrs}/>");
+        assert_eq!(
+            frames(&mut framer, many.as_bytes()).unwrap_err().condition(),
+            "policy-violation"
+        );
+    }
+
+    #[test]
+    fn malformed_xml_is_not_well_formed() {
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let err = frames(&mut framer, b"<message></presence>").unwrap_err();
+        assert_eq!(err.condition(), "not-well-formed");
+    }
+
+    #[test]
+    fn wrong_stream_namespace() {
+        let mut framer = client_framer();
+        let err = frames(&mut framer, b"<stream:stream xmlns:stream='urn:wrong'>").unwrap_err();
+        assert_eq!(err.condition(), "invalid-namespace");
+    }
+}
