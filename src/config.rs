@@ -315,7 +315,13 @@ impl Config {
         Ok(config)
     }
 
-    fn error_at<T>(&self, text: &str, span: Option<&Spanned<T>>, key: &str, message: String) -> ConfigError {
+    fn error_at<T>(
+        &self,
+        text: &str,
+        span: Option<&Spanned<T>>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
         ConfigError {
             file: self.origin.clone(),
             line: span.map(|s| line_of(text, s.span().start)).unwrap_or(0),
@@ -358,10 +364,15 @@ impl Config {
                 message,
             };
             if !is_valid_domain(&component.domain) {
-                return Err(err(format!("domain {:?} is not a valid domain name", component.domain)));
+                return Err(err(format!(
+                    "domain {:?} is not a valid domain name",
+                    component.domain
+                )));
             }
             if component.domain.eq_ignore_ascii_case(domain) {
-                return Err(err("a component domain must differ from server.domain".into()));
+                return Err(err(
+                    "a component domain must differ from server.domain".into()
+                ));
             }
             if component.secret.expose().is_empty() {
                 return Err(err("secret is empty".into()));
@@ -370,7 +381,10 @@ impl Config {
                 .iter()
                 .any(|c| c.domain.eq_ignore_ascii_case(&component.domain))
             {
-                return Err(err(format!("domain {:?} is configured twice", component.domain)));
+                return Err(err(format!(
+                    "domain {:?} is configured twice",
+                    component.domain
+                )));
             }
         }
         if !self.components.is_empty() && self.component_listener.is_none() {
@@ -390,8 +404,14 @@ impl Config {
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
             ("limits.outbox_stanzas", limits.outbox_stanzas as u64),
             ("requests.timeout_ms", self.requests.timeout_ms),
-            ("requests.max_pending_per_cpe", self.requests.max_pending_per_cpe as u64),
-            ("requests.max_pending_per_acs", self.requests.max_pending_per_acs as u64),
+            (
+                "requests.max_pending_per_cpe",
+                self.requests.max_pending_per_cpe as u64,
+            ),
+            (
+                "requests.max_pending_per_acs",
+                self.requests.max_pending_per_acs as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -468,7 +488,11 @@ impl Config {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
-    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The key written at the start of the line holding `offset`, or "-".
@@ -535,7 +559,10 @@ mod tests {
         let err = parse(text).unwrap_err();
         assert_eq!(err.key, "tls.cert");
         assert_eq!(err.line, 4);
-        assert!(err.to_string().starts_with("test.toml:4: tls.cert:"), "{err}");
+        assert!(
+            err.to_string().starts_with("test.toml:4: tls.cert:"),
+            "{err}"
+        );
     }
 
     #[test]

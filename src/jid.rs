@@ -126,7 +126,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "@example.net", "a@", "a@b/", "a b@c", "a@b c", "a@@b", "<x>@b"] {
+        for bad in [
+            "",
+            "@example.net",
+            "a@",
+            "a@b/",
+            "a b@c",
+            "a@b c",
+            "a@@b",
+            "<x>@b",
+        ] {
             assert_eq!(JidRef::parse(bad), Err(JidMalformed), "{bad:?}");
         }
     }

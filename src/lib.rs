@@ -67,7 +67,11 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         let started = std::time::Instant::now();
         let accounts = load_accounts(&config)?;
-        tracing::info!(accounts = accounts.len(), elapsed_ms = started.elapsed().as_millis() as u64, "accounts loaded");
+        tracing::info!(
+            accounts = accounts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "accounts loaded"
+        );
         let identity = tls::Identity::load_or_create(&config)?;
         let stats = Arc::new(Stats::default());
         let requests = &config.requests;
@@ -85,8 +89,17 @@ impl Broker {
         ));
         let (stop_accepting, accepting_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
-        let ctx = Arc::new(Context::new(&config, router.clone(), Arc::new(accounts), stats.clone(), sessions_rx));
-        let caps = Arc::new(ConnectionCaps::new(config.limits.max_sessions, config.limits.max_pre_auth_per_ip));
+        let ctx = Arc::new(Context::new(
+            &config,
+            router.clone(),
+            Arc::new(accounts),
+            stats.clone(),
+            sessions_rx,
+        ));
+        let caps = Arc::new(ConnectionCaps::new(
+            config.limits.max_sessions,
+            config.limits.max_pre_auth_per_ip,
+        ));
 
         let mut c2s_addrs = Vec::new();
         for listener_config in &config.listeners {
@@ -97,12 +110,26 @@ impl Broker {
             })?;
             let settings = Arc::new(ListenerSettings {
                 kind: listener_config.kind,
-                mechanisms: listener_config.sasl_mechanisms.iter().copied().map(context::mechanism).collect(),
-                tls: tokio_rustls::TlsAcceptor::from(identity.server_config(&listener_config.tls_versions)?),
+                mechanisms: listener_config
+                    .sasl_mechanisms
+                    .iter()
+                    .copied()
+                    .map(context::mechanism)
+                    .collect(),
+                tls: tokio_rustls::TlsAcceptor::from(
+                    identity.server_config(&listener_config.tls_versions)?,
+                ),
             });
             tracing::info!(%address, kind = ?listener_config.kind, "c2s listener ready");
             c2s_addrs.push((listener_config.kind, address));
-            tokio::spawn(accept_loop(tcp, Service::C2s, Some(settings), ctx.clone(), caps.clone(), accepting_rx.clone()));
+            tokio::spawn(accept_loop(
+                tcp,
+                Service::C2s,
+                Some(settings),
+                ctx.clone(),
+                caps.clone(),
+                accepting_rx.clone(),
+            ));
         }
         let mut component_addr = None;
         if let Some(component_config) = &config.component_listener {
@@ -113,10 +140,21 @@ impl Broker {
             })?;
             tracing::info!(%address, "component listener ready");
             component_addr = Some(address);
-            tokio::spawn(accept_loop(tcp, Service::Component, None, ctx.clone(), caps.clone(), accepting_rx.clone()));
+            tokio::spawn(accept_loop(
+                tcp,
+                Service::Component,
+                None,
+                ctx.clone(),
+                caps.clone(),
+                accepting_rx.clone(),
+            ));
         }
         tokio::spawn(expire_requests(router.clone(), accepting_rx));
-        tracing::info!(domain = config.domain(), elapsed_ms = started.elapsed().as_millis() as u64, "crbroker started");
+        tracing::info!(
+            domain = config.domain(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "crbroker started"
+        );
         Ok(Broker {
             c2s_addrs,
             component_addr,
@@ -130,7 +168,10 @@ impl Broker {
 
     /// The address of the first c2s listener of `kind`.
     pub fn c2s_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
-        self.c2s_addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+        self.c2s_addrs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
     }
 
     /// Graceful shutdown: stop accepting, answer every pending request, send each stream
@@ -139,16 +180,25 @@ impl Broker {
         let _ = self.stop_accepting.send(true);
         let router = &self.router;
         for request in router.pending.drain_all() {
-            router.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, "shutdown");
+            router.answer_for_cpe(
+                request,
+                "service-unavailable",
+                ErrorType::Cancel,
+                "shutdown",
+            );
         }
         let _ = self.stop_sessions.send(true);
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        while Stats::get(&self.stats.connections_open) > 0 && tokio::time::Instant::now() < deadline {
+        while Stats::get(&self.stats.connections_open) > 0 && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = Stats::get(&self.stats.connections_open);
         if left > 0 {
-            tracing::warn!(connections = left, "shutdown bound reached with connections still open");
+            tracing::warn!(
+                connections = left,
+                "shutdown bound reached with connections still open"
+            );
         }
         tracing::info!("crbroker stopped");
     }

@@ -52,7 +52,11 @@ impl Drop for ConnectionGuard {
     }
 }
 
-fn admit(peer: SocketAddr, stats: &Arc<Stats>, caps: &Arc<ConnectionCaps>) -> Option<ConnectionGuard> {
+fn admit(
+    peer: SocketAddr,
+    stats: &Arc<Stats>,
+    caps: &Arc<ConnectionCaps>,
+) -> Option<ConnectionGuard> {
     let open = Stats::get(&stats.connections_open) as usize;
     if caps.max_connections > 0 && open >= caps.max_connections {
         return None;

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "crbroker", version, about = "XMPP connection-request broker for TR-069 Annex K")]
+#[command(
+    name = "crbroker",
+    version,
+    about = "XMPP connection-request broker for TR-069 Annex K"
+)]
 struct Cli {
     /// Configuration file. Default: ./config.toml, or the embedded default when there is none.
     #[arg(long, short, global = true)]
@@ -35,7 +39,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => check_config(&file),
-        Command::HashPassword { username, password, iterations } => hash_password(&username, password, iterations),
+        Command::HashPassword {
+            username,
+            password,
+            iterations,
+        } => hash_password(&username, password, iterations),
         Command::Run => run(cli.config),
     }
 }
@@ -66,7 +74,10 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("crbroker: cannot start the runtime: {e}");
@@ -86,7 +97,10 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
 /// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("crbroker: cannot install signal handlers");
         std::future::pending::<()>().await;
         return;
@@ -135,6 +149,9 @@ fn hash_password(username: &str, password: Option<String>, iterations: u32) -> E
             line.trim_end_matches(['\r', '\n']).to_string()
         }
     };
-    println!("{}", crbroker::auth::hash_line(username, &password, iterations));
+    println!(
+        "{}",
+        crbroker::auth::hash_line(username, &password, iterations)
+    );
     ExitCode::SUCCESS
 }

@@ -5,13 +5,13 @@
 //! server and ACS entities; ACS entities (components, ACS accounts) may address CPEs. Requests
 //! from an ACS to a CPE go through the [`PendingTable`] so each gets exactly one answer.
 
+use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
 use crate::outbox::PushError;
 use crate::pending::{self, PendingRequest, PendingTable, Refusal};
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
 use crate::session::{Role, SessionHandle};
 use crate::xml::Element;
-use crate::jid::JidRef;
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,7 +82,11 @@ impl Router {
 
     /// Register a bound client session. A session already bound to the same full JID is returned
     /// (the caller closes it with `<conflict/>`).
-    pub fn bind_client(&self, bare: &str, session: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+    pub fn bind_client(
+        &self,
+        bare: &str,
+        session: Arc<SessionHandle>,
+    ) -> Option<Arc<SessionHandle>> {
         let mut entry = self.clients.entry(bare.to_string()).or_default();
         let replaced = entry
             .iter()
@@ -137,7 +141,9 @@ impl Router {
         match jid.resource {
             Some(resource) => sessions
                 .iter()
-                .find(|s| s.jid.len() == bare.len() + 1 + resource.len() && s.jid.ends_with(resource))
+                .find(|s| {
+                    s.jid.len() == bare.len() + 1 + resource.len() && s.jid.ends_with(resource)
+                })
                 .cloned(),
             None => sessions.last().cloned(),
         }
@@ -183,9 +189,17 @@ impl Router {
     /// Route a stanza whose `from` the sender's session has already stamped.
     /// Returns a reply for the sender (an error) when the stanza cannot be delivered, or
     /// `Err(stanza)` when the stanza is for the server itself (the session handles it).
-    pub fn route(&self, sender: &Arc<SessionHandle>, stanza: Element) -> Result<Option<Element>, Element> {
+    pub fn route(
+        &self,
+        sender: &Arc<SessionHandle>,
+        stanza: Element,
+    ) -> Result<Option<Element>, Element> {
         let kind = Kind::of(&stanza);
-        let iq_type = if kind == Some(Kind::Iq) { IqType::of(&stanza) } else { None };
+        let iq_type = if kind == Some(Kind::Iq) {
+            IqType::of(&stanza)
+        } else {
+            None
+        };
         let is_request = iq_type.is_some_and(IqType::is_request);
         let to_attr = stanza.attr("to").map(str::to_owned);
         let to = match to_attr.as_deref().map(JidRef::parse) {
@@ -202,7 +216,12 @@ impl Router {
             Stats::bump(&self.stats.stanzas_refused);
             tracing::debug!(to = ?to_attr, kind = %stanza.name, "stanza refused by routing policy");
             is_request.then(|| {
-                stanza::error_reply(stanza, to_attr.as_deref(), "service-unavailable", ErrorType::Cancel)
+                stanza::error_reply(
+                    stanza,
+                    to_attr.as_deref(),
+                    "service-unavailable",
+                    ErrorType::Cancel,
+                )
             })
         };
         match (target, sender.role) {
@@ -247,7 +266,12 @@ impl Router {
     }
 
     /// ACS -> CPE request: track it, rewrite the id, deliver, or answer at once.
-    fn relay_request(&self, acs: &Arc<SessionHandle>, mut request: Element, to: &JidRef) -> Option<Element> {
+    fn relay_request(
+        &self,
+        acs: &Arc<SessionHandle>,
+        mut request: Element,
+        to: &JidRef,
+    ) -> Option<Element> {
         let acs_jid = request.attr("from").unwrap_or_default().to_string();
         let acs_id = request.attr("id").unwrap_or_default().to_string();
         let to_attr = request.attr("to").unwrap_or_default().to_string();
@@ -255,7 +279,13 @@ impl Router {
         let Some(cpe) = self.find_client(to) else {
             Stats::bump(&self.stats.requests_offline);
             log_outcome(&acs_jid, &to_attr, &acs_id, "offline", None, started);
-            return Some(stanza::iq_error(&acs_id, &to_attr, &acs_jid, "service-unavailable", ErrorType::Cancel));
+            return Some(stanza::iq_error(
+                &acs_id,
+                &to_attr,
+                &acs_jid,
+                "service-unavailable",
+                ErrorType::Cancel,
+            ));
         };
         let entry = PendingRequest {
             acs: acs.clone(),
@@ -274,7 +304,13 @@ impl Router {
                     Refusal::AcsBusy => "overload (acs)",
                 };
                 log_outcome(&acs_jid, &cpe.jid, &acs_id, why, None, started);
-                return Some(stanza::iq_error(&acs_id, &cpe.jid, &acs_jid, "resource-constraint", ErrorType::Wait));
+                return Some(stanza::iq_error(
+                    &acs_id,
+                    &cpe.jid,
+                    &acs_jid,
+                    "resource-constraint",
+                    ErrorType::Wait,
+                ));
             }
         };
         request.set_attr("id", pending::wire_id(id));
@@ -288,7 +324,11 @@ impl Router {
             Err(error) => {
                 let entry = self.pending.cancel(id)?;
                 let (condition, error_type, outcome) = match error {
-                    PushError::Full => ("resource-constraint", ErrorType::Wait, "overload (outbox full)"),
+                    PushError::Full => (
+                        "resource-constraint",
+                        ErrorType::Wait,
+                        "overload (outbox full)",
+                    ),
                     PushError::Closed => ("service-unavailable", ErrorType::Cancel, "offline"),
                 };
                 if error == PushError::Full {
@@ -297,7 +337,13 @@ impl Router {
                     Stats::bump(&self.stats.requests_offline);
                 }
                 log_outcome(&acs_jid, &entry.cpe_jid, &acs_id, outcome, None, started);
-                Some(stanza::iq_error(&acs_id, &entry.cpe_jid, &acs_jid, condition, error_type))
+                Some(stanza::iq_error(
+                    &acs_id,
+                    &entry.cpe_jid,
+                    &acs_jid,
+                    condition,
+                    error_type,
+                ))
             }
         }
     }
@@ -339,9 +385,28 @@ impl Router {
     }
 
     /// Answer `request` on the broker's behalf (timeout, CPE gone, shutdown).
-    pub fn answer_for_cpe(&self, request: PendingRequest, condition: &str, error_type: ErrorType, outcome: &str) {
-        log_outcome(&request.acs_jid, &request.cpe_jid, &request.acs_id, outcome, Some(condition), request.started);
-        let reply = stanza::iq_error(&request.acs_id, &request.cpe_jid, &request.acs_jid, condition, error_type);
+    pub fn answer_for_cpe(
+        &self,
+        request: PendingRequest,
+        condition: &str,
+        error_type: ErrorType,
+        outcome: &str,
+    ) {
+        log_outcome(
+            &request.acs_jid,
+            &request.cpe_jid,
+            &request.acs_id,
+            outcome,
+            Some(condition),
+            request.started,
+        );
+        let reply = stanza::iq_error(
+            &request.acs_id,
+            &request.cpe_jid,
+            &request.acs_jid,
+            condition,
+            error_type,
+        );
         self.deliver_to_acs(&request.acs, reply);
     }
 
@@ -357,12 +422,24 @@ impl Router {
     pub fn cpe_gone(&self, cpe_conn: u64) {
         for request in self.pending.for_cpe_gone(cpe_conn) {
             Stats::bump(&self.stats.requests_cpe_gone);
-            self.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, "cpe gone");
+            self.answer_for_cpe(
+                request,
+                "service-unavailable",
+                ErrorType::Cancel,
+                "cpe gone",
+            );
         }
     }
 }
 
-fn log_outcome(acs: &str, cpe: &str, id: &str, outcome: &str, condition: Option<&str>, started: Instant) {
+fn log_outcome(
+    acs: &str,
+    cpe: &str,
+    id: &str,
+    outcome: &str,
+    condition: Option<&str>,
+    started: Instant,
+) {
     tracing::info!(
         target: REQUEST_LOG,
         acs,

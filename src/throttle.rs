@@ -48,14 +48,18 @@ impl LoginThrottle {
         // Bound the map: forget stale records when it grows large (attackers try many names).
         if self.accounts.len() > 100_000 {
             self.accounts.retain(|_, r| {
-                r.locked_until.is_some_and(|u| now < u) || now.duration_since(r.window_start) < self.window
+                r.locked_until.is_some_and(|u| now < u)
+                    || now.duration_since(r.window_start) < self.window
             });
         }
-        let mut record = self.accounts.entry(username.to_string()).or_insert(FailureRecord {
-            window_start: now,
-            failures: 0,
-            locked_until: None,
-        });
+        let mut record = self
+            .accounts
+            .entry(username.to_string())
+            .or_insert(FailureRecord {
+                window_start: now,
+                failures: 0,
+                locked_until: None,
+            });
         if record.locked_until.is_some_and(|until| now >= until)
             || now.duration_since(record.window_start) > self.window
         {

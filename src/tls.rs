@@ -47,10 +47,9 @@ impl Identity {
         };
         let cert_pem =
             std::fs::read(cert_path).map_err(|e| file_error(cert_path, e.to_string()))?;
-        let chain: Vec<CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut cert_pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(|e| file_error(cert_path, format!("bad PEM: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(cert_path, format!("bad PEM: {e}")))?;
         if chain.is_empty() {
             return Err(file_error(cert_path, "no certificate in file".into()));
         }
@@ -83,7 +82,11 @@ impl Identity {
 }
 
 /// Write a self-signed ECDSA P-256 certificate for `domain` (key file readable by owner only).
-pub fn create_dev_certificate(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+pub fn create_dev_certificate(
+    domain: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
     let certified = rcgen::generate_simple_self_signed(vec![domain.to_string()])
         .map_err(|e| TlsError::DevCert(e.to_string()))?;
     for path in [cert_path, key_path] {

@@ -23,7 +23,7 @@
 //!   count: `iterations` is an integer in `1..=1000000`; the salt decodes to
 //!   1–128 bytes; the SHA-1 StoredKey/ServerKey decode to 20 bytes each and the
 //!   SHA-256 ones to 32 bytes each. Base64 is the standard alphabet, padding
-//!   optional. `crbroker hash` (see [`hash_line`]) prints such a line.
+//!   optional. `crbroker hash-password` (see [`hash_line`]) prints such a line.
 //! * After the credential, a field starting with `#` begins a trailing
 //!   comment (`alice plain:secret  # lab CPE`); any other extra field is an
 //!   error.
@@ -323,8 +323,12 @@ impl AccountStore {
         AccountStore::default()
     }
 
-    /// Read and parse the accounts file at `path`. Errors name the file and
-    /// the 1-based line.
+    /// Read and parse the accounts file at `path`.
+    ///
+    /// # Errors
+    /// [`AuthError::Io`] if the file cannot be read, [`AuthError::Line`]
+    /// (naming the file and the 1-based line) for invalid UTF-8 or an
+    /// invalid line.
     pub fn load(path: &Path) -> Result<AccountStore, AuthError> {
         let origin = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| AuthError::Io {
@@ -347,6 +351,9 @@ impl AccountStore {
 
     /// Parse the text of an accounts file; `origin` (the file name) is used
     /// in error messages.
+    ///
+    /// # Errors
+    /// [`AuthError::Line`] for the first invalid line.
     pub fn parse(text: &str, origin: &str) -> Result<AccountStore, AuthError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut store = AccountStore::new();
@@ -379,6 +386,10 @@ impl AccountStore {
 
     /// Add a `plain:` account (used for accounts given inline in the
     /// configuration). The username is normalised like in the file.
+    ///
+    /// # Errors
+    /// [`AuthError::Account`] for an invalid or duplicate username or an
+    /// empty password.
     pub fn insert_plain(&mut self, username: &str, password: &str) -> Result<(), AuthError> {
         let err = |problem| AuthError::Account {
             username: username.to_owned(),
@@ -469,7 +480,8 @@ impl AccountStore {
                 let _ = std::hint::black_box(stored.ct_eq(&[0u8; 32]));
             }
             None => {
-                let _ = std::hint::black_box(password.ct_eq(DUMMY_PASSWORD));
+                let digest = Sha256Scram::hash(password);
+                let _ = std::hint::black_box(digest.ct_eq(&Sha256Scram::hash(DUMMY_PASSWORD)));
             }
         }
         false
@@ -488,7 +500,11 @@ fn first_definition(text: &str, username: &str) -> Option<usize> {
     })
 }
 
-/// Validate and ASCII-lowercase a username.
+/// Validate and ASCII-lowercase a username (rules of the accounts file).
+///
+/// # Errors
+/// Empty, longer than [`MAX_USERNAME_LEN`], or containing whitespace, a
+/// control character or one of `@ / " & ' < > :`.
 pub fn normalize_username(username: &str) -> Result<Box<str>, LineProblem> {
     if username.is_empty() {
         return Err(LineProblem::EmptyUsername);
@@ -955,6 +971,14 @@ mod tests {
         assert_eq!(store.typical_iterations(), PLAIN_SCRAM_ITERATIONS);
         assert!(!store.dummy_verify(DUMMY_PASSWORD));
         assert_eq!(AccountStore::new().typical_iterations(), 4096);
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<AccountStore>();
+        assert_send_sync::<Account>();
+        assert_send_sync::<AuthError>();
     }
 
     #[test]

@@ -70,7 +70,12 @@ impl ErrorType {
 
 /// An error reply to `request`: `from`/`to` swapped, same id, condition first inside `<error>`.
 /// `from` is the entity the error is said to come from (usually the request's `to`).
-pub fn error_reply(request: &Element, from: Option<&str>, condition: &str, error_type: ErrorType) -> Element {
+pub fn error_reply(
+    request: &Element,
+    from: Option<&str>,
+    condition: &str,
+    error_type: ErrorType,
+) -> Element {
     let mut reply = Element::stanza(&request.name);
     if let Some(id) = request.attr("id") {
         reply.set_attr("id", id);
@@ -137,7 +142,12 @@ mod tests {
             .with_attr("id", "cr1")
             .with_attr("from", "acs.example.net")
             .with_attr("to", "cpe@example.net/cwmp");
-        let reply = error_reply(&request, Some("cpe@example.net/cwmp"), "service-unavailable", ErrorType::Cancel);
+        let reply = error_reply(
+            &request,
+            Some("cpe@example.net/cwmp"),
+            "service-unavailable",
+            ErrorType::Cancel,
+        );
         let mut out = Vec::new();
         write_element(&mut out, &reply, ns::COMPONENT);
         assert_eq!(

@@ -29,8 +29,15 @@ const MAX_AUTH_ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 struct Refused;
 
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, listener: Arc<ListenerSettings>, ctx: Arc<Context>) {
-    let span = tracing::info_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    listener: Arc<ListenerSettings>,
+    ctx: Arc<Context>,
+) {
+    let span =
+        tracing::info_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
@@ -39,12 +46,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, listener: Arc
             match listener.kind {
                 ListenerKind::Starttls => {
                     let mut plain = Conn::new(tcp, ctx.limits, ns::CLIENT, ctx.write_timeout);
-                    let upgraded = tokio::time::timeout_at(deadline, starttls(&mut plain, &ctx)).await;
+                    let upgraded =
+                        tokio::time::timeout_at(deadline, starttls(&mut plain, &ctx)).await;
                     match upgraded {
                         Ok(Ok(())) => {}
                         Ok(Err(Refused)) => return None,
                         Err(_) => {
-                            plain.send_stream_error(&ctx.domain, "connection-timeout", None).await;
+                            plain
+                                .send_stream_error(&ctx.domain, "connection-timeout", None)
+                                .await;
                             return None;
                         }
                     }
@@ -65,17 +75,18 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, listener: Arc
                     after_tls(conn, conn_id, deadline, &listener, &ctx).await
                 }
                 ListenerKind::DirectTls => {
-                    let tls = match tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake failed: {e}");
-                            return None;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return None;
-                        }
-                    };
+                    let tls =
+                        match tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake failed: {e}");
+                                return None;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return None;
+                            }
+                        };
                     let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
                     after_tls(conn, conn_id, deadline, &listener, &ctx).await
                 }
@@ -85,7 +96,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, listener: Arc
             bound = negotiation => bound,
             _ = crate::context::stopped(&mut shutdown) => None,
         };
-        let Some((mut conn, handle, bare)) = bound else { return };
+        let Some((mut conn, handle, bare)) = bound else {
+            return;
+        };
         tracing::Span::current().record("jid", handle.jid.as_str());
         Stats::bump(&ctx.stats.sessions_online);
         let ending = ready::run(&mut conn, &handle, &ctx).await;
@@ -105,23 +118,37 @@ async fn after_tls(
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Option<(TlsConn, Arc<SessionHandle>, String)> {
-    match tokio::time::timeout_at(deadline, authenticate_and_bind(&mut conn, conn_id, listener, ctx)).await {
+    match tokio::time::timeout_at(
+        deadline,
+        authenticate_and_bind(&mut conn, conn_id, listener, ctx),
+    )
+    .await
+    {
         Ok(Ok((handle, bare))) => Some((conn, handle, bare)),
         Ok(Err(Refused)) => None,
         Err(_) => {
-            conn.send_stream_error(&ctx.domain, "connection-timeout", None).await;
+            conn.send_stream_error(&ctx.domain, "connection-timeout", None)
+                .await;
             None
         }
     }
 }
 
-async fn finish(conn: &mut TlsConn, handle: &Arc<SessionHandle>, bare: &str, ctx: &Context, ending: Ending) {
+async fn finish(
+    conn: &mut TlsConn,
+    handle: &Arc<SessionHandle>,
+    bare: &str,
+    ctx: &Context,
+    ending: Ending,
+) {
     handle.outbox.seal();
     ctx.router.unbind_client(bare, handle.conn_id);
     if handle.role == Role::Cpe {
         ctx.router.cpe_gone(handle.conn_id);
     }
-    ctx.stats.sessions_online.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats
+        .sessions_online
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     ready::close(conn, &ctx.domain, &ctx.stats, ending).await;
 }
 
@@ -133,7 +160,8 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let header = match conn.next_frame().await {
         Ok(Frame::StreamOpen(header)) => header,
         Ok(_) => {
-            conn.send_stream_error(&ctx.domain, "not-well-formed", None).await;
+            conn.send_stream_error(&ctx.domain, "not-well-formed", None)
+                .await;
             return Err(Refused);
         }
         Err(e) => {
@@ -141,21 +169,31 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Refused);
         }
     };
-    let problem = header_problem(&header, ns::CLIENT, |to| to.eq_ignore_ascii_case(&ctx.domain));
+    let problem = header_problem(&header, ns::CLIENT, |to| {
+        to.eq_ignore_ascii_case(&ctx.domain)
+    });
     if let Some(condition) = problem {
         conn.send_stream_error(&ctx.domain, condition, None).await;
         Stats::bump(&ctx.stats.stream_errors_sent);
         return Err(Refused);
     }
     let id = new_stream_id();
-    if conn.send_header(&ctx.domain, header.from.as_deref(), &id).await.is_err() {
+    if conn
+        .send_header(&ctx.domain, header.from.as_deref(), &id)
+        .await
+        .is_err()
+    {
         return Err(Refused);
     }
     Ok(header)
 }
 
 /// The stream error a header deserves, if any (RFC 6120 section 4.9.3).
-pub(super) fn header_problem(header: &StreamHeader, content_ns: &str, to_ok: impl Fn(&str) -> bool) -> Option<&'static str> {
+pub(super) fn header_problem(
+    header: &StreamHeader,
+    content_ns: &str,
+    to_ok: impl Fn(&str) -> bool,
+) -> Option<&'static str> {
     if header.content_ns.as_deref() != Some(content_ns) {
         return Some("invalid-namespace");
     }
@@ -171,7 +209,11 @@ pub(super) fn header_problem(header: &StreamHeader, content_ns: &str, to_ok: imp
 }
 
 /// Send the stream error a read failure deserves (nothing for a vanished peer).
-pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, domain: &str, error: ConnError) {
+pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    domain: &str,
+    error: ConnError,
+) {
     match error {
         ConnError::Frame(e) => {
             tracing::debug!("stream refused: {e}");
@@ -181,7 +223,10 @@ pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(conn: &mu
     }
 }
 
-async fn send_str<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, text: &str) -> Result<(), Refused> {
+async fn send_str<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    text: &str,
+) -> Result<(), Refused> {
     conn.send_raw(text.as_bytes()).await.map_err(|_| Refused)
 }
 
@@ -206,13 +251,17 @@ async fn starttls(conn: &mut Conn<TcpStream>, ctx: &Context) -> Result<(), Refus
             .await?;
             continue;
         }
-        conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+        conn.send_stream_error(&ctx.domain, "not-authorized", None)
+            .await;
         return Err(Refused);
     }
 }
 
 /// The next top-level element during negotiation; a closed stream or bad XML ends negotiation.
-async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, ctx: &Context) -> Result<Element, Refused> {
+async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    ctx: &Context,
+) -> Result<Element, Refused> {
     match conn.next_frame().await {
         Ok(Frame::Stanza(element)) => Ok(element),
         Ok(Frame::StreamClose) => {
@@ -220,7 +269,8 @@ async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, ctx
             Err(Refused)
         }
         Ok(Frame::StreamOpen(_)) => {
-            conn.send_stream_error(&ctx.domain, "not-well-formed", None).await;
+            conn.send_stream_error(&ctx.domain, "not-well-formed", None)
+                .await;
             Err(Refused)
         }
         Err(e) => {
@@ -237,7 +287,8 @@ async fn authenticate_and_bind(
     ctx: &Context,
 ) -> Result<(Arc<SessionHandle>, String), Refused> {
     open_stream(conn, ctx).await?;
-    let mut features = String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+    let mut features =
+        String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
     for mechanism in &listener.mechanisms {
         features.push_str("<mechanism>");
         features.push_str(mechanism.name());
@@ -257,12 +308,17 @@ async fn authenticate_and_bind(
     bind(conn, conn_id, &username, ctx).await
 }
 
-async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Context) -> Result<String, Refused> {
+async fn sasl_exchange(
+    conn: &mut TlsConn,
+    listener: &ListenerSettings,
+    ctx: &Context,
+) -> Result<String, Refused> {
     let mut failures = 0;
     loop {
         let element = next_element(conn, ctx).await?;
         if !element.is("auth", ns::SASL) {
-            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+            conn.send_stream_error(&ctx.domain, "not-authorized", None)
+                .await;
             return Err(Refused);
         }
         let step = match element
@@ -274,8 +330,12 @@ async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Co
             Some(mechanism) => match sasl::decode_payload(&element.text()) {
                 Err(failure) => Step::Failure(failure),
                 Ok(initial) => {
-                    let (mut session, mut step) =
-                        SaslSession::start(mechanism, initial.as_deref(), &ctx.accounts, &ctx.server_secret);
+                    let (mut session, mut step) = SaslSession::start(
+                        mechanism,
+                        initial.as_deref(),
+                        &ctx.accounts,
+                        &ctx.server_secret,
+                    );
                     while let Step::Challenge(challenge) = &step {
                         let text = format!(
                             "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
@@ -291,24 +351,33 @@ async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Co
                         } else if reply.is("abort", ns::SASL) {
                             session.abort()
                         } else {
-                            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+                            conn.send_stream_error(&ctx.domain, "not-authorized", None)
+                                .await;
                             return Err(Refused);
                         };
                     }
                     let attempted = session.attempted_username().map(str::to_owned);
                     match step {
-                        Step::Success { username, .. } if ctx.throttle.is_locked(&username, Instant::now()) => {
+                        Step::Success { username, .. }
+                            if ctx.throttle.is_locked(&username, Instant::now()) =>
+                        {
                             Stats::bump(&ctx.stats.logins_throttled);
                             Step::Failure(sasl::Failure::NotAuthorized)
                         }
-                        Step::Success { username, additional_data } => {
+                        Step::Success {
+                            username,
+                            additional_data,
+                        } => {
                             ctx.throttle.record_success(&username);
                             Stats::bump(match mechanism {
                                 Mechanism::Plain => &ctx.stats.auth_plain,
                                 Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
                                 Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
                             });
-                            Step::Success { username, additional_data }
+                            Step::Success {
+                                username,
+                                additional_data,
+                            }
                         }
                         Step::Failure(failure) => {
                             if let Some(user) = attempted {
@@ -322,7 +391,10 @@ async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Co
             },
         };
         match step {
-            Step::Success { username, additional_data } => {
+            Step::Success {
+                username,
+                additional_data,
+            } => {
                 let text = match additional_data {
                     Some(data) => format!(
                         "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</success>",
@@ -343,7 +415,12 @@ async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Co
                 );
                 send_str(conn, &text).await?;
                 if failures >= MAX_AUTH_ATTEMPTS {
-                    conn.send_stream_error(&ctx.domain, "policy-violation", Some("too many failed authentication attempts")).await;
+                    conn.send_stream_error(
+                        &ctx.domain,
+                        "policy-violation",
+                        Some("too many failed authentication attempts"),
+                    )
+                    .await;
                     return Err(Refused);
                 }
             }
@@ -352,19 +429,27 @@ async fn sasl_exchange(conn: &mut TlsConn, listener: &ListenerSettings, ctx: &Co
     }
 }
 
-async fn bind(conn: &mut TlsConn, conn_id: u64, username: &str, ctx: &Context) -> Result<(Arc<SessionHandle>, String), Refused> {
+async fn bind(
+    conn: &mut TlsConn,
+    conn_id: u64,
+    username: &str,
+    ctx: &Context,
+) -> Result<(Arc<SessionHandle>, String), Refused> {
     loop {
         let element = next_element(conn, ctx).await?;
         let is_iq_set = element.is("iq", "") && element.attr("type") == Some("set");
         let id = element.attr("id").unwrap_or_default().to_string();
         if is_iq_set && element.child("session", ns::SESSION).is_some() {
             // Legacy RFC 3921 session establishment: a no-op, but libstrophe asks for it.
-            let reply = Element::stanza("iq").with_attr("type", "result").with_attr("id", id);
+            let reply = Element::stanza("iq")
+                .with_attr("type", "result")
+                .with_attr("id", id);
             conn.send_element(&reply).await.map_err(|_| Refused)?;
             continue;
         }
         let Some(bind) = element.child("bind", ns::BIND).filter(|_| is_iq_set) else {
-            conn.send_stream_error(&ctx.domain, "not-authorized", None).await;
+            conn.send_stream_error(&ctx.domain, "not-authorized", None)
+                .await;
             return Err(Refused);
         };
         let requested = bind
@@ -376,21 +461,35 @@ async fn bind(conn: &mut TlsConn, conn_id: u64, username: &str, ctx: &Context) -
         let resource = requested.unwrap_or_else(|| username.to_string());
         let candidate = format!("{username}@{}/{resource}", ctx.domain);
         let Ok(jid) = JidRef::parse(&candidate) else {
-            let reply = crate::proto::stanza::error_reply(&element, None, "bad-request", crate::proto::stanza::ErrorType::Modify);
+            let reply = crate::proto::stanza::error_reply(
+                &element,
+                None,
+                "bad-request",
+                crate::proto::stanza::ErrorType::Modify,
+            );
             conn.send_element(&reply).await.map_err(|_| Refused)?;
             continue;
         };
         let full = jid.normalized();
         let bare = jid.bare().into_owned();
-        let role = if ctx.router.is_acs_account(&bare) { Role::AcsAccount } else { Role::Cpe };
+        let role = if ctx.router.is_acs_account(&bare) {
+            Role::AcsAccount
+        } else {
+            Role::Cpe
+        };
         let handle = Arc::new(SessionHandle {
             conn_id,
             jid: full.clone(),
             role,
             outbox: Outbox::new(ctx.outbox_capacity),
         });
-        let mut reply = Element::stanza("iq").with_attr("type", "result").with_attr("id", id);
-        reply.push_child(Element::new(ns::BIND, "bind").with_child(Element::new(ns::BIND, "jid").with_text(full.clone())));
+        let mut reply = Element::stanza("iq")
+            .with_attr("type", "result")
+            .with_attr("id", id);
+        reply.push_child(
+            Element::new(ns::BIND, "bind")
+                .with_child(Element::new(ns::BIND, "jid").with_text(full.clone())),
+        );
         let mut bytes = Vec::with_capacity(256);
         writer::write_element(&mut bytes, &reply, ns::CLIENT);
         conn.send_raw(&bytes).await.map_err(|_| Refused)?;

@@ -45,7 +45,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, ctx: Arc<Cont
         let ending = ready::run(&mut conn, &handle, &ctx).await;
         handle.outbox.seal();
         ctx.router.detach_component(&domain, conn_id);
-        ctx.stats.sessions_online.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats
+            .sessions_online
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         ready::close(&mut conn, &domain, &ctx.stats, ending).await;
         tracing::info!("component detached");
     }
@@ -71,10 +73,18 @@ async fn handshake(conn: &mut Conn<TcpStream>, ctx: &Context) -> Option<String> 
     };
     // XEP-0114 streams carry no version attribute: only namespace and domain are checked.
     let mut header_for_check = header.clone();
-    header_for_check.version.get_or_insert_with(|| "1.0".to_string());
+    header_for_check
+        .version
+        .get_or_insert_with(|| "1.0".to_string());
     let to = header.to.clone().unwrap_or_default();
-    if let Some(condition) = header_problem(&header_for_check, ns::COMPONENT, |to| secret_for(to).is_some()) {
-        let from = if to.is_empty() { ctx.domain.as_str() } else { to.as_str() };
+    if let Some(condition) = header_problem(&header_for_check, ns::COMPONENT, |to| {
+        secret_for(to).is_some()
+    }) {
+        let from = if to.is_empty() {
+            ctx.domain.as_str()
+        } else {
+            to.as_str()
+        };
         conn.send_stream_error(from, condition, None).await;
         Stats::bump(&ctx.stats.component_handshakes_failed);
         return None;
@@ -90,10 +100,13 @@ async fn handshake(conn: &mut Conn<TcpStream>, ctx: &Context) -> Option<String> 
             return None;
         }
     };
-    if !element.is("handshake", "") || !verify_handshake(&element.text(), &stream_id, secret.expose()) {
+    if !element.is("handshake", "")
+        || !verify_handshake(&element.text(), &stream_id, secret.expose())
+    {
         Stats::bump(&ctx.stats.component_handshakes_failed);
         tracing::info!("component handshake refused");
-        conn.send_stream_error(&domain, "not-authorized", None).await;
+        conn.send_stream_error(&domain, "not-authorized", None)
+            .await;
         return None;
     }
     conn.send_raw(b"<handshake/>").await.ok()?;

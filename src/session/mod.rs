@@ -73,7 +73,12 @@ pub struct Conn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(stream: S, limits: FramerLimits, content_ns: &'static str, write_timeout: Duration) -> Self {
+    pub fn new(
+        stream: S,
+        limits: FramerLimits,
+        content_ns: &'static str,
+        write_timeout: Duration,
+    ) -> Self {
         Conn {
             stream,
             framer: Framer::new(limits, content_ns),
@@ -118,22 +123,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(frame)
     }
 
-    /// Read once from the socket into the buffer (cancel-safe: nothing is lost if dropped).
+    /// Read once from the socket into the buffer. Cancel-safe: `read_buf` only grows the
+    /// buffer's length by what was actually read, so dropping this future loses nothing.
     pub async fn fill(&mut self) -> Result<(), ConnError> {
-        if self.read_buf.capacity() < READ_CHUNK {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
             self.read_buf.reserve(READ_CHUNK);
         }
-        let start = self.read_buf.len();
-        self.read_buf.resize(start + READ_CHUNK, 0);
-        let result = self.stream.read(&mut self.read_buf[start..]).await;
-        let n = match result {
-            Ok(n) => n,
-            Err(e) => {
-                self.read_buf.truncate(start);
-                return Err(e.into());
-            }
-        };
-        self.read_buf.truncate(start + n);
+        let n = self.stream.read_buf(&mut self.read_buf).await?;
         if n == 0 {
             return Err(ConnError::Eof);
         }
@@ -185,7 +181,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Send our stream header (response to the peer's).
-    pub async fn send_header(&mut self, from: &str, to: Option<&str>, id: &str) -> Result<(), ConnError> {
+    pub async fn send_header(
+        &mut self,
+        from: &str,
+        to: Option<&str>,
+        id: &str,
+    ) -> Result<(), ConnError> {
         let mut buf = Vec::with_capacity(256);
         writer::stream_header(&mut buf, self.content_ns, from, to, id);
         self.header_sent = true;

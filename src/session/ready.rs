@@ -24,7 +24,11 @@ pub enum Ending {
     Sent,
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, handle: &Arc<SessionHandle>, ctx: &Context) -> Ending {
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    handle: &Arc<SessionHandle>,
+    ctx: &Context,
+) -> Ending {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         // Frames already buffered first: a read may carry several stanzas.
@@ -37,7 +41,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, handle: 
                     }
                 }
                 Ok(Some(Frame::StreamClose)) => return Ending::PeerClosed,
-                Ok(Some(Frame::StreamOpen(_))) => return Ending::StreamError("not-well-formed", None),
+                Ok(Some(Frame::StreamOpen(_))) => {
+                    return Ending::StreamError("not-well-formed", None)
+                }
                 Err(ConnError::Frame(e)) => {
                     tracing::debug!("stream error: {e}");
                     return Ending::StreamError(e.condition(), None);
@@ -83,7 +89,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, handle: 
 }
 
 /// Send whatever the ending calls for.
-pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, domain: &str, stats: &Stats, ending: Ending) {
+pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    domain: &str,
+    stats: &Stats,
+    ending: Ending,
+) {
     match ending {
         Ending::PeerClosed => conn.close().await,
         Ending::Gone(reason) => tracing::debug!("connection gone: {reason}"),
@@ -131,7 +142,9 @@ fn stamp_from(element: &mut Element, handle: &SessionHandle) -> Result<(), Endin
                     Ok(jid) => {
                         let normalized = jid.normalized();
                         normalized == handle.jid
-                            || (jid.resource.is_none() && handle.jid.starts_with(&normalized) && handle.jid.as_bytes().get(normalized.len()) == Some(&b'/'))
+                            || (jid.resource.is_none()
+                                && handle.jid.starts_with(&normalized)
+                                && handle.jid.as_bytes().get(normalized.len()) == Some(&b'/'))
                     }
                     Err(_) => false,
                 };
@@ -157,21 +170,36 @@ fn stamp_from(element: &mut Element, handle: &SessionHandle) -> Result<(), Endin
 }
 
 /// Stanzas addressed to the server itself.
-fn server_answer(handle: &SessionHandle, ctx: &Context, kind: Kind, element: &Element) -> Option<Element> {
+fn server_answer(
+    handle: &SessionHandle,
+    ctx: &Context,
+    kind: Kind,
+    element: &Element,
+) -> Option<Element> {
     if kind != Kind::Iq {
         // Initial presence, presence to the server, messages to the server: accepted, nothing to do.
         return None;
     }
     let server = ctx.domain.as_str();
     let Some(iq_type) = IqType::of(element) else {
-        return Some(stanza::error_reply(element, Some(server), "bad-request", ErrorType::Modify));
+        return Some(stanza::error_reply(
+            element,
+            Some(server),
+            "bad-request",
+            ErrorType::Modify,
+        ));
     };
     if !iq_type.is_request() {
         // A result or error nobody asked for (we send no requests to clients): ignore.
         return None;
     }
     if element.attr("id").is_none() {
-        return Some(stanza::error_reply(element, Some(server), "bad-request", ErrorType::Modify));
+        return Some(stanza::error_reply(
+            element,
+            Some(server),
+            "bad-request",
+            ErrorType::Modify,
+        ));
     }
     let payload = element.first_child();
     let from_server = if element.attr("to").is_some() {
@@ -180,14 +208,27 @@ fn server_answer(handle: &SessionHandle, ctx: &Context, kind: Kind, element: &El
         server
     };
     match payload {
-        Some(p) if p.is("ping", ns::PING) && iq_type == IqType::Get => Some(stanza::iq_result(element, from_server)),
-        Some(p) if p.is("session", ns::SESSION) && iq_type == IqType::Set => Some(stanza::iq_result(element, from_server)),
-        Some(p) if p.is("query", ns::ROSTER) && iq_type == IqType::Get && handle.role != Role::Component => {
+        Some(p) if p.is("ping", ns::PING) && iq_type == IqType::Get => {
+            Some(stanza::iq_result(element, from_server))
+        }
+        Some(p) if p.is("session", ns::SESSION) && iq_type == IqType::Set => {
+            Some(stanza::iq_result(element, from_server))
+        }
+        Some(p)
+            if p.is("query", ns::ROSTER)
+                && iq_type == IqType::Get
+                && handle.role != Role::Component =>
+        {
             // No rosters here: an empty one keeps clients that ask for it happy.
             let mut result = stanza::iq_result(element, from_server);
             result.push_child(Element::new(ns::ROSTER, "query"));
             Some(result)
         }
-        _ => Some(stanza::error_reply(element, Some(from_server), "service-unavailable", ErrorType::Cancel)),
+        _ => Some(stanza::error_reply(
+            element,
+            Some(from_server),
+            "service-unavailable",
+            ErrorType::Cancel,
+        )),
     }
 }

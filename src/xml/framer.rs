@@ -389,7 +389,9 @@ mod tests {
         frames(&mut framer, HEADER).unwrap();
         let deep = "<a>".repeat(40);
         assert_eq!(
-            frames(&mut framer, deep.as_bytes()).unwrap_err().condition(),
+            frames(&mut framer, deep.as_bytes())
+                .unwrap_err()
+                .condition(),
             "policy-violation"
         );
         let mut framer = client_framer();
@@ -397,7 +399,9 @@ mod tests {
         let attrs: String = (0..100).map(|i| format!(" a{i}='x'")).collect();
         let many = format!("<message{attrs}/>");
         assert_eq!(
-            frames(&mut framer, many.as_bytes()).unwrap_err().condition(),
+            frames(&mut framer, many.as_bytes())
+                .unwrap_err()
+                .condition(),
             "policy-violation"
         );
     }

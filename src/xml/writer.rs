@@ -140,7 +140,10 @@ mod tests {
         let original = b"<iq id='x' type='error' xml:lang='en'><error type='cancel'><not-autorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>odd &amp; old</text></error></iq>";
         let mut framer = Framer::new(FramerLimits::default(), ns::CLIENT);
         let mut header: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
-        assert!(matches!(framer.next_frame(&mut header), Ok(Some(Frame::StreamOpen(_)))));
+        assert!(matches!(
+            framer.next_frame(&mut header),
+            Ok(Some(Frame::StreamOpen(_)))
+        ));
         let mut input: &[u8] = original;
         let Ok(Some(Frame::Stanza(el))) = framer.next_frame(&mut input) else {
             panic!("no stanza")

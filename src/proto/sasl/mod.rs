@@ -123,8 +123,10 @@ impl Failure {
 
 /// Decode the text of an `<auth>` or `<response>` element (RFC 6120 §6.4.2):
 /// `""` (no text) → `None`; `"="` → `Some(empty)`; otherwise base64, with
-/// whitespace ignored and padding optional. Invalid base64 →
-/// [`Failure::IncorrectEncoding`].
+/// whitespace ignored and padding optional.
+///
+/// # Errors
+/// Invalid base64 → [`Failure::IncorrectEncoding`].
 pub fn decode_payload(text: &str) -> Result<Option<Vec<u8>>, Failure> {
     let compact: std::borrow::Cow<'_, str> = if text.bytes().any(|b| b.is_ascii_whitespace()) {
         text.chars()
@@ -379,6 +381,14 @@ mod tests {
             "temporary-auth-failure"
         );
         assert_eq!(Failure::Aborted.to_string(), "aborted");
+    }
+
+    #[test]
+    fn session_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SaslSession>();
+        assert_send_sync::<Step>();
+        assert_send_sync::<Failure>();
     }
 
     #[test]
