@@ -22,6 +22,9 @@ pub struct Context {
     pub pre_auth_timeout: Duration,
     pub write_timeout: Duration,
     pub outbox_capacity: usize,
+    /// ACS connections receive the answers to all their pending requests: their outbox holds
+    /// up to `max_pending_per_acs` more, so an answer is never dropped for lack of room.
+    pub acs_outbox_capacity: usize,
     /// Per-process secret for SCRAM fake salts of unknown users.
     pub server_secret: [u8; 32],
     /// Component domain -> secret.
@@ -63,6 +66,7 @@ impl Context {
             pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
             outbox_capacity: limits.outbox_stanzas,
+            acs_outbox_capacity: limits.outbox_stanzas + config.requests.max_pending_per_acs,
             server_secret,
             component_secrets: config
                 .components

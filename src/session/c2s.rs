@@ -481,7 +481,10 @@ async fn bind(
             conn_id,
             jid: full.clone(),
             role,
-            outbox: Outbox::new(ctx.outbox_capacity),
+            outbox: Outbox::new(match role {
+                Role::Cpe => ctx.outbox_capacity,
+                _ => ctx.acs_outbox_capacity,
+            }),
         });
         let mut reply = Element::stanza("iq")
             .with_attr("type", "result")

@@ -37,7 +37,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, ctx: Arc<Cont
             conn_id,
             jid: domain.clone(),
             role: Role::Component,
-            outbox: Outbox::new(ctx.outbox_capacity),
+            outbox: Outbox::new(ctx.acs_outbox_capacity),
         });
         ctx.router.attach_component(&domain, handle.clone());
         Stats::bump(&ctx.stats.sessions_online);

@@ -92,9 +92,11 @@ pub struct Framer {
 impl Framer {
     /// A framer for a stream whose stanzas are in `content_ns` (see [`ns::CLIENT`], [`ns::COMPONENT`]).
     pub fn new(limits: FramerLimits, content_ns: &'static str) -> Framer {
-        let mut options = rxml::parser::Options::default();
         // Bounds what rxml buffers for one name, attribute value or text chunk.
-        options.max_token_length = limits.max_stanza_bytes.clamp(256, 1 << 20);
+        let options = rxml::parser::Options {
+            max_token_length: limits.max_stanza_bytes.clamp(256, 1 << 20),
+            ..Default::default()
+        };
         Framer {
             parser: Parser::with_options(options),
             limits,
