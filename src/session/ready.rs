@@ -57,6 +57,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = crate::context::stopped(&mut shutdown) => {
+                // Answers queued for this connection (e.g. the broker's answers to pending
+                // requests) go out before the stream closes.
+                while let Some(item) = handle.outbox.pop() {
+                    if let Outgoing::Stanza(element) = item {
+                        if conn.send_element(&element).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 return Ending::StreamError("system-shutdown", None);
             }
             _ = handle.outbox.notified() => {

@@ -317,13 +317,14 @@ impl RawPeer {
         }
     }
 
+    /// Raw peers reset their connection (RST, SO_LINGER 0) when dropped, like a CPE losing power.
     pub async fn tcp(addr: std::net::SocketAddr) -> RawPeer {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = connect_resetting(addr).await;
         RawPeer::new(Box::new(tcp), ns::CLIENT)
     }
 
     pub async fn direct_tls(addr: std::net::SocketAddr) -> RawPeer {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = connect_resetting(addr).await;
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
         let tls = tls_connector().connect(name, tcp).await.unwrap();
         RawPeer::new(Box::new(tls), ns::CLIENT)
@@ -510,7 +511,7 @@ impl RawPeer {
 
     /// A raw XEP-0114 component, handshaken.
     pub async fn component(addr: std::net::SocketAddr, domain: &str, secret: &str) -> RawPeer {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = connect_resetting(addr).await;
         let mut peer = RawPeer::new(Box::new(tcp), ns::COMPONENT);
         peer.send(&format!("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")).await;
         let header = peer.header().await;
@@ -526,6 +527,13 @@ impl RawPeer {
         let reply = self.element().await;
         assert!(reply.is("handshake", ""), "{}", self.transcript);
     }
+}
+
+pub async fn connect_resetting(addr: std::net::SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    #[allow(deprecated)]
+    tcp.set_linger(Some(Duration::ZERO)).unwrap();
+    tcp
 }
 
 /// The `id` attribute of the first stream header in a transcript.

@@ -1,0 +1,153 @@
+//! Graceful shutdown of the real binary on SIGTERM: pending requests answered, streams told
+//! `<system-shutdown/>`, exit status 0 within the configured bound.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Free loopback ports (bound and released; the broker binds them right after).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_binary(config_text: &str) -> (Running, Vec<std::net::SocketAddr>) {
+    let ports = free_ports(5);
+    let mut text = config_text.to_string();
+    for port in &ports {
+        text = text.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+    }
+    let path = pki().dir.join(format!("shutdown-{}.toml", ports[0]));
+    std::fs::write(&path, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_crbroker"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("broker binary starts");
+    let addrs: Vec<std::net::SocketAddr> = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
+    (Running { child }, addrs)
+}
+
+async fn wait_listening(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "broker did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_answers_pending_requests_and_exits_zero_in_time() {
+    let options = TestOptions {
+        shutdown_timeout_secs: 3,
+        ..TestOptions::default()
+    };
+    let (mut running, addrs) = start_binary(&config_text(&options));
+    // Port order follows the config: 4 c2s listeners, then the component listener.
+    let (c2s, component) = (addrs[0], addrs[4]);
+    for addr in &addrs {
+        wait_listening(*addr).await;
+    }
+    let (mut cpe, jid) = RawPeer::login(c2s, "cpe-0001", "pw-cpe-0001", Some("cwmp")).await;
+    let (mut idle, _) = RawPeer::login(c2s, "cpe-0002", "pw-cpe-0002", Some("cwmp")).await;
+    let mut acs = RawPeer::component(component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
+    acs.expect_handshake_ok().await;
+    for i in 0..3 {
+        acs.send(&connection_request(
+            &format!("p{i}"),
+            &jid,
+            Some(COMPONENT_DOMAIN),
+            "u",
+            "p",
+        ))
+        .await;
+    }
+    for _ in 0..3 {
+        cpe.element().await; // delivered, never answered
+    }
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(running.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let answer = acs.element().await;
+        assert_eq!(
+            error_condition(&answer).as_deref(),
+            Some("service-unavailable"),
+            "{}",
+            acs.transcript
+        );
+        answered.push(answer.attr("id").unwrap().to_string());
+    }
+    answered.sort();
+    assert_eq!(answered, ["p0", "p1", "p2"]);
+    acs.expect_stream_error("system-shutdown").await;
+    cpe.expect_stream_error("system-shutdown").await;
+    idle.expect_stream_error("system-shutdown").await;
+
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3 + 2),
+            "broker still running past its shutdown bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(c2s).await.is_err());
+}
+
+#[tokio::test]
+async fn broker_refuses_a_bad_config_with_file_line_and_key() {
+    let path = pki().dir.join("bad.toml");
+    std::fs::write(&path, "[server]\ndomain = \"example.net\"\nbogus_key = 1\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_crbroker"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.toml:3: bogus_key:"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let run = Command::new(env!("CARGO_BIN_EXE_crbroker"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("bad.toml:3: bogus_key:"));
+}
