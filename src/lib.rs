@@ -99,6 +99,7 @@ impl Broker {
         let caps = Arc::new(ConnectionCaps::new(
             config.limits.max_sessions,
             config.limits.max_pre_auth_per_ip,
+            config.limits.max_pre_auth_total,
         ));
 
         let mut c2s_addrs = Vec::new();

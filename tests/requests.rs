@@ -466,9 +466,8 @@ async fn stuck_cpe_does_not_hurt_others_and_every_request_is_answered() {
         let mut answers: HashMap<String, String> = HashMap::new();
         let mut healthy_results = 0;
         while answers.len() < REQUESTS + 1 {
-            let Ok(Some(Stanza::Iq(iq))) = tokio::time::timeout(Duration::from_secs(20), rx.next())
-                .await
-                .map(|s| s)
+            let Ok(Some(Stanza::Iq(iq))) =
+                tokio::time::timeout(Duration::from_secs(20), rx.next()).await
             else {
                 panic!("answers stopped after {}", answers.len());
             };

@@ -3,63 +3,10 @@
 
 mod common;
 
+use common::binary::*;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Free loopback ports (bound and released; the broker binds them right after).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary(config_text: &str) -> (Running, Vec<std::net::SocketAddr>) {
-    let ports = free_ports(5);
-    let mut text = config_text.to_string();
-    for port in &ports {
-        text = text.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
-    }
-    let path = pki().dir.join(format!("shutdown-{}.toml", ports[0]));
-    std::fs::write(&path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_crbroker"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("broker binary starts");
-    let addrs: Vec<std::net::SocketAddr> = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
-        .collect();
-    (Running { child }, addrs)
-}
-
-async fn wait_listening(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "broker did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn sigterm_answers_pending_requests_and_exits_zero_in_time() {

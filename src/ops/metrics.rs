@@ -19,6 +19,8 @@ macro_rules! counters {
 counters! {
     /// TCP connections accepted on any listener.
     connections_accepted,
+    /// TCP connections closed at accept because a cap was reached.
+    connections_refused_cap,
     /// Connections currently open (any phase).
     connections_open,
     /// Sessions currently bound (CPEs and ACS accounts) or handshaken (components).

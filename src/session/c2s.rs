@@ -11,6 +11,7 @@ use super::{new_stream_id, Conn, ConnError, Role, SessionHandle};
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
+use crate::listener::ConnectionGuard;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
@@ -35,6 +36,7 @@ pub async fn serve(
     conn_id: u64,
     listener: Arc<ListenerSettings>,
     ctx: Arc<Context>,
+    mut guard: ConnectionGuard,
 ) {
     let span =
         tracing::info_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
@@ -99,6 +101,7 @@ pub async fn serve(
         let Some((mut conn, handle, bare)) = bound else {
             return;
         };
+        guard.authenticated();
         tracing::Span::current().record("jid", handle.jid.as_str());
         Stats::bump(&ctx.stats.sessions_online);
         let ending = ready::run(&mut conn, &handle, &ctx).await;

@@ -5,6 +5,7 @@ use super::c2s::{header_problem, refuse_on_error};
 use super::ready;
 use super::{new_stream_id, Conn, Role, SessionHandle};
 use crate::context::Context;
+use crate::listener::ConnectionGuard;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::component::verify_handshake;
@@ -14,7 +15,13 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, ctx: Arc<Context>) {
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    ctx: Arc<Context>,
+    mut guard: ConnectionGuard,
+) {
     let span = tracing::info_span!("component", conn = conn_id, peer = %peer, domain = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
@@ -32,6 +39,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, conn_id: u64, ctx: Arc<Cont
             },
             _ = crate::context::stopped(&mut shutdown) => return,
         };
+        guard.authenticated();
         tracing::Span::current().record("domain", domain.as_str());
         let handle = Arc::new(SessionHandle {
             conn_id,

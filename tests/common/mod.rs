@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod binary;
 pub mod peers;
 
 pub const DOMAIN: &str = "example.net";
@@ -399,6 +400,7 @@ impl RawPeer {
         loop {
             match self.next_frame().await {
                 Some(Frame::StreamOpen(_)) => continue,
+                Some(Frame::Stanza(e)) if e.name == "features" && e.ns == ns::STREAM => continue,
                 Some(Frame::Stanza(e)) if e.name == "error" && e.ns == ns::STREAM => {
                     let first = e.first_child().expect("condition");
                     assert_eq!(first.name, condition, "transcript: {}", self.transcript);
