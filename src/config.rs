@@ -183,6 +183,9 @@ pub struct LimitsConfig {
     /// Seconds an account stays locked after too many failures.
     #[serde(default = "defaults::failed_login_lockout_secs")]
     pub failed_login_lockout_secs: u64,
+    /// Failed SASL attempts allowed on one connection before it is closed (`<policy-violation/>`).
+    #[serde(default = "defaults::auth_attempts_per_connection")]
+    pub auth_attempts_per_connection: u32,
     /// Most unauthenticated connections from one IP address at once (0 = no cap).
     #[serde(default)]
     pub max_pre_auth_per_ip: usize,
@@ -252,6 +255,9 @@ mod defaults {
     }
     pub fn failed_login_lockout_secs() -> u64 {
         300
+    }
+    pub fn auth_attempts_per_connection() -> u32 {
+        3
     }
     pub fn cr_timeout_ms() -> u64 {
         10_000
@@ -403,6 +409,10 @@ impl Config {
             ("limits.max_header_bytes", limits.max_header_bytes as u64),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
             ("limits.outbox_stanzas", limits.outbox_stanzas as u64),
+            (
+                "limits.auth_attempts_per_connection",
+                limits.auth_attempts_per_connection as u64,
+            ),
             ("requests.timeout_ms", self.requests.timeout_ms),
             (
                 "requests.max_pending_per_cpe",

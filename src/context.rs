@@ -22,6 +22,7 @@ pub struct Context {
     pub pre_auth_timeout: Duration,
     pub write_timeout: Duration,
     pub outbox_capacity: usize,
+    pub auth_attempts_per_connection: u32,
     /// ACS connections receive the answers to all their pending requests: their outbox holds
     /// up to `max_pending_per_acs` more, so an answer is never dropped for lack of room.
     pub acs_outbox_capacity: usize,
@@ -66,6 +67,7 @@ impl Context {
             pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
             outbox_capacity: limits.outbox_stanzas,
+            auth_attempts_per_connection: limits.auth_attempts_per_connection,
             acs_outbox_capacity: limits.outbox_stanzas + config.requests.max_pending_per_acs,
             server_secret,
             component_secrets: config

@@ -23,9 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-/// Failed SASL attempts allowed on one connection before it is closed.
-const MAX_AUTH_ATTEMPTS: u32 = 3;
-
 /// Why negotiation stopped; the stream error (if any) has been sent.
 #[derive(Debug)]
 struct Refused;
@@ -94,8 +91,10 @@ pub async fn serve(
                 }
             }
         };
+        // Boxed: the negotiation's state (TLS handshake, SASL) is freed once it is done, so the
+        // long-lived task holds only what the ready loop needs.
         let bound = tokio::select! {
-            bound = negotiation => bound,
+            bound = Box::pin(negotiation) => bound,
             _ = crate::context::stopped(&mut shutdown) => None,
         };
         let Some((mut conn, handle, bare)) = bound else {
@@ -417,7 +416,7 @@ async fn sasl_exchange(
                     failure.condition()
                 );
                 send_str(conn, &text).await?;
-                if failures >= MAX_AUTH_ATTEMPTS {
+                if failures >= ctx.auth_attempts_per_connection {
                     conn.send_stream_error(
                         &ctx.domain,
                         "policy-violation",

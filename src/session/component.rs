@@ -27,7 +27,10 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(tcp, ctx.limits, ns::COMPONENT, ctx.write_timeout);
         let mut shutdown = ctx.shutdown.clone();
-        let handshake = tokio::time::timeout(ctx.pre_auth_timeout, handshake(&mut conn, &ctx));
+        let handshake = Box::pin(tokio::time::timeout(
+            ctx.pre_auth_timeout,
+            handshake(&mut conn, &ctx),
+        ));
         let domain = tokio::select! {
             result = handshake => match result {
                 Ok(Some(domain)) => domain,

@@ -152,9 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.read_buf = Vec::new();
             self.read_pos = 0;
         }
-        if self.write_buf.capacity() > 1024 {
-            self.write_buf = Vec::new();
-        }
+        self.write_buf = Vec::new();
         self.framer.release_temporaries();
     }
 
