@@ -1,0 +1,121 @@
+//! The relay hot path inside the process: framing a connection request, routing it to a CPE and
+//! its answer back (pending table included), serialising it. Run: `cargo bench --bench hot_path`.
+//! Routing is measured with 1,000 and 100,000 CPEs online to show it does not depend on the count.
+
+use crbroker::ops::metrics::Stats;
+use crbroker::outbox::{Outbox, Outgoing};
+use crbroker::pending::PendingTable;
+use crbroker::router::Router;
+use crbroker::session::{Role, SessionHandle};
+use crbroker::xml::{ns, writer, Element, Frame, Framer, FramerLimits};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() {
+    divan::main();
+}
+
+const HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='acs.example.net'>";
+const REQUEST: &[u8] = b"<iq type='get' id='cr1' from='acs.example.net' to='cpe-000500@example.net/cwmp'><connectionRequest xmlns='urn:broadband-forum-org:cwmp:xmppConnReq-1-0'><username>u</username><password>p</password></connectionRequest></iq>";
+
+#[divan::bench]
+fn frame_connection_request(bencher: divan::Bencher) {
+    let mut framer = Framer::new(FramerLimits::default(), ns::COMPONENT);
+    let mut header = HEADER;
+    assert!(matches!(framer.next_frame(&mut header), Ok(Some(Frame::StreamOpen(_)))));
+    bencher.bench_local(|| {
+        let mut input = REQUEST;
+        match framer.next_frame(&mut input) {
+            Ok(Some(Frame::Stanza(element))) => element,
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+fn parsed_request() -> Element {
+    let mut framer = Framer::new(FramerLimits::default(), ns::COMPONENT);
+    let mut header = HEADER;
+    framer.next_frame(&mut header).unwrap();
+    let mut input = REQUEST;
+    match framer.next_frame(&mut input) {
+        Ok(Some(Frame::Stanza(element))) => element,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[divan::bench]
+fn serialise_connection_request(bencher: divan::Bencher) {
+    let element = parsed_request();
+    let mut out = Vec::with_capacity(512);
+    bencher.bench_local(|| {
+        out.clear();
+        writer::write_element(&mut out, &element, ns::CLIENT);
+        out.len()
+    });
+}
+
+struct World {
+    router: Router,
+    acs: Arc<SessionHandle>,
+    cpe: Arc<SessionHandle>,
+}
+
+fn world(online: usize) -> World {
+    let router = Router::new(
+        "example.net",
+        &[],
+        ["acs.example.net".to_string()],
+        PendingTable::new(Duration::from_secs(10), 4, 100_000),
+        Arc::new(Stats::default()),
+    );
+    let mut target = None;
+    for i in 0..online {
+        let jid = format!("cpe-{i:06}@example.net/cwmp");
+        let handle = Arc::new(SessionHandle {
+            conn_id: i as u64 + 1,
+            jid: jid.clone(),
+            role: Role::Cpe,
+            outbox: Outbox::new(64),
+        });
+        router.bind_client(&format!("cpe-{i:06}@example.net"), handle.clone());
+        if i == 500 {
+            target = Some(handle);
+        }
+    }
+    let acs = Arc::new(SessionHandle {
+        conn_id: u64::MAX,
+        jid: "acs.example.net".into(),
+        role: Role::Component,
+        outbox: Outbox::new(100_064),
+    });
+    router.attach_component("acs.example.net", acs.clone());
+    World {
+        router,
+        acs,
+        cpe: target.expect("at least 501 CPEs"),
+    }
+}
+
+/// One connection request to a CPE and its result back to the ACS, through the router and the
+/// pending table (no sockets).
+#[divan::bench(args = [1_000, 100_000])]
+fn route_request_and_answer(bencher: divan::Bencher, online: usize) {
+    let world = world(online);
+    let request = parsed_request();
+    bencher.bench_local(|| {
+        assert!(world.router.route(&world.acs, request.clone()).unwrap().is_none());
+        let Some(Outgoing::Stanza(delivered)) = world.cpe.outbox.pop() else {
+            panic!("request not delivered")
+        };
+        let answer = Element::stanza("iq")
+            .with_attr("type", "result")
+            .with_attr("id", delivered.attr("id").unwrap())
+            .with_attr("from", world.cpe.jid.as_str())
+            .with_attr("to", "acs.example.net");
+        assert!(world.router.route(&world.cpe, answer).unwrap().is_none());
+        let Some(Outgoing::Stanza(back)) = world.acs.outbox.pop() else {
+            panic!("answer not delivered")
+        };
+        back
+    });
+}
