@@ -119,3 +119,20 @@ fn route_request_and_answer(bencher: divan::Bencher, online: usize) {
         back
     });
 }
+
+/// Reference: rxml's raw parser alone (no namespaces, no tree) over the same bytes.
+#[divan::bench]
+fn rxml_raw_events(bencher: divan::Bencher) {
+    use rxml::{Parse, RawParser};
+    let mut parser = RawParser::new();
+    let mut header = HEADER;
+    while parser.parse(&mut header, false).is_ok_and(|e| e.is_some()) {}
+    bencher.bench_local(|| {
+        let mut input = REQUEST;
+        let mut events = 0;
+        while let Ok(Some(_)) = parser.parse(&mut input, false) {
+            events += 1;
+        }
+        events
+    });
+}
