@@ -11,13 +11,29 @@ use toml::Spanned;
 /// The embedded default configuration (the repository's `config.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../config.toml");
 
+/// A configuration problem: `file:line: key: message` (just `file: message` when it concerns
+/// the whole file, e.g. it cannot be read).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {key}: {message}")]
 pub struct ConfigError {
     pub file: String,
+    /// 1-based; 0 when the problem is not on one line.
     pub line: usize,
     pub key: String,
     pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.key, self.message
+            )
+        }
+    }
 }
 
 /// A secret string (component secret, password) that never shows up in logs.
@@ -571,6 +587,16 @@ mod tests {
         assert_eq!(err.line, 4);
         assert!(
             err.to_string().starts_with("test.toml:4: tls.cert:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/crbroker.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/crbroker.toml: cannot read:"),
             "{err}"
         );
     }
