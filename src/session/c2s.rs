@@ -7,7 +7,7 @@
 //! element of each TCP read while negotiating).
 
 use super::ready::{self, Ending};
-use super::{new_stream_id, Conn, ConnError, Role, SessionHandle};
+use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, Transport};
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
@@ -19,7 +19,6 @@ use crate::xml::{ns, writer, Element, Frame, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -36,7 +35,7 @@ pub async fn serve(
     mut guard: ConnectionGuard,
 ) {
     let span =
-        tracing::info_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
+        tracing::debug_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
@@ -58,7 +57,9 @@ pub async fn serve(
                         }
                     }
                     let tcp = plain.stream;
-                    let tls = tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await;
+                    let tls =
+                        tokio::time::timeout_at(deadline, crate::tls::accept(&listener.tls, tcp))
+                            .await;
                     let tls = match tls {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -74,18 +75,22 @@ pub async fn serve(
                     after_tls(conn, conn_id, deadline, &listener, &ctx).await
                 }
                 ListenerKind::DirectTls => {
-                    let tls =
-                        match tokio::time::timeout_at(deadline, listener.tls.accept(tcp)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!("TLS handshake failed: {e}");
-                                return None;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return None;
-                            }
-                        };
+                    let tls = match tokio::time::timeout_at(
+                        deadline,
+                        crate::tls::accept(&listener.tls, tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return None;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return None;
+                        }
+                    };
                     let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
                     after_tls(conn, conn_id, deadline, &listener, &ctx).await
                 }
@@ -110,7 +115,7 @@ pub async fn serve(
     .await
 }
 
-type TlsConn = Conn<tokio_rustls::server::TlsStream<TcpStream>>;
+type TlsConn = Conn<crate::tls::TlsSession>;
 
 /// TLS is up: SASL and bind under the same deadline.
 async fn after_tls(
@@ -155,7 +160,7 @@ async fn finish(
 }
 
 /// Read the peer's stream header and answer with ours, or a stream error.
-async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+async fn open_stream<S: Transport>(
     conn: &mut Conn<S>,
     ctx: &Context,
 ) -> Result<StreamHeader, Refused> {
@@ -211,7 +216,7 @@ pub(super) fn header_problem(
 }
 
 /// Send the stream error a read failure deserves (nothing for a vanished peer).
-pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn refuse_on_error<S: Transport>(
     conn: &mut Conn<S>,
     domain: &str,
     error: ConnError,
@@ -225,10 +230,7 @@ pub(super) async fn refuse_on_error<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn send_str<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    text: &str,
-) -> Result<(), Refused> {
+async fn send_str<S: Transport>(conn: &mut Conn<S>, text: &str) -> Result<(), Refused> {
     conn.send_raw(text.as_bytes()).await.map_err(|_| Refused)
 }
 
@@ -260,10 +262,7 @@ async fn starttls(conn: &mut Conn<TcpStream>, ctx: &Context) -> Result<(), Refus
 }
 
 /// The next top-level element during negotiation; a closed stream or bad XML ends negotiation.
-async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    ctx: &Context,
-) -> Result<Element, Refused> {
+async fn next_element<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result<Element, Refused> {
     match conn.next_frame().await {
         Ok(Frame::Stanza(element)) => Ok(element),
         Ok(Frame::StreamClose) => {
@@ -504,7 +503,7 @@ async fn bind(
             old.outbox.close("conflict");
             ctx.router.cpe_gone(old.conn_id);
         }
-        tracing::info!(jid = %full, role = ?role, "session bound");
+        tracing::debug!(conn = conn_id, jid = %full, role = ?role, "session bound");
         return Ok((handle, bare));
     }
 }

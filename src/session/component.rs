@@ -22,7 +22,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     mut guard: ConnectionGuard,
 ) {
-    let span = tracing::info_span!("component", conn = conn_id, peer = %peer, domain = tracing::field::Empty);
+    let span = tracing::debug_span!("component", conn = conn_id, peer = %peer, domain = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(tcp, ctx.limits, ns::COMPONENT, ctx.write_timeout);
@@ -52,7 +52,7 @@ pub async fn serve(
         });
         ctx.router.attach_component(&domain, handle.clone());
         Stats::bump(&ctx.stats.sessions_online);
-        tracing::info!("component attached");
+        tracing::info!(conn = conn_id, %peer, %domain, "component attached");
         let ending = ready::run(&mut conn, &handle, &ctx).await;
         handle.outbox.seal();
         ctx.router.detach_component(&domain, conn_id);
@@ -60,7 +60,7 @@ pub async fn serve(
             .sessions_online
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         ready::close(&mut conn, &domain, &ctx.stats, ending).await;
-        tracing::info!("component detached");
+        tracing::info!(conn = conn_id, %peer, %domain, "component detached");
     }
     .instrument(span)
     .await
@@ -115,7 +115,7 @@ async fn handshake(conn: &mut Conn<TcpStream>, ctx: &Context) -> Option<String> 
         || !verify_handshake(&element.text(), &stream_id, secret.expose())
     {
         Stats::bump(&ctx.stats.component_handshakes_failed);
-        tracing::info!("component handshake refused");
+        tracing::info!(domain = %domain, "component handshake refused");
         conn.send_stream_error(&domain, "not-authorized", None)
             .await;
         return None;

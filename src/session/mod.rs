@@ -11,8 +11,27 @@ mod ready;
 
 use crate::outbox::Outbox;
 use crate::xml::{writer, Element, Frame, FrameError, Framer, FramerLimits};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A byte stream a session runs on, which can say when it has something to read (so an idle
+/// session holds no read buffer while it waits).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for crate::tls::TlsSession {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        crate::tls::TlsSession::poll_read_ready(self, cx)
+    }
+}
 
 /// What a connection is, for the routing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +91,7 @@ pub struct Conn<S> {
     pub header_sent: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+impl<S: Transport> Conn<S> {
     pub fn new(
         stream: S,
         limits: FramerLimits,
@@ -93,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Swap the byte stream (after STARTTLS) keeping settings; unread plaintext is discarded.
-    pub fn upgrade<T: AsyncRead + AsyncWrite + Unpin>(self, stream: T) -> Conn<T> {
+    pub fn upgrade<T: Transport>(self, stream: T) -> Conn<T> {
         Conn::new(stream, self.limits, self.content_ns, self.write_timeout)
     }
 
@@ -126,6 +145,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Read once from the socket into the buffer. Cancel-safe: `read_buf` only grows the
     /// buffer's length by what was actually read, so dropping this future loses nothing.
     pub async fn fill(&mut self) -> Result<(), ConnError> {
+        if self.read_buf.is_empty() {
+            // Wait without a buffer: most sessions spend their life here.
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+        }
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
             self.read_buf.reserve(READ_CHUNK);
         }

@@ -1,7 +1,7 @@
 //! The ready loop: a bound session's life. One `select!` over the socket, the outbox and the
 //! shutdown signal; stanzas are stamped with the sender's true address and handed to the router.
 
-use super::{Conn, ConnError, Role, SessionHandle};
+use super::{Conn, ConnError, Role, SessionHandle, Transport};
 use crate::context::Context;
 use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
@@ -9,7 +9,6 @@ use crate::outbox::Outgoing;
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
 use crate::xml::{ns, Element, Frame};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How a ready session ended.
 #[derive(Debug)]
@@ -24,7 +23,7 @@ pub enum Ending {
     Sent,
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn run<S: Transport>(
     conn: &mut Conn<S>,
     handle: &Arc<SessionHandle>,
     ctx: &Context,
@@ -75,7 +74,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                             if let Err(e) = conn.send_element(&element).await {
                                 if matches!(e, ConnError::WriteStuck) {
                                     Stats::bump(&ctx.stats.sessions_stuck_closed);
-                                    tracing::info!("closing a session that stopped reading");
+                                    tracing::info!(jid = %handle.jid, conn = handle.conn_id, "closing a session that stopped reading");
                                 }
                                 return Ending::Gone(e.to_string());
                             }
@@ -98,12 +97,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Send whatever the ending calls for.
-pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    domain: &str,
-    stats: &Stats,
-    ending: Ending,
-) {
+pub async fn close<S: Transport>(conn: &mut Conn<S>, domain: &str, stats: &Stats, ending: Ending) {
     match ending {
         Ending::PeerClosed => conn.close().await,
         Ending::Gone(reason) => tracing::debug!("connection gone: {reason}"),
@@ -117,7 +111,7 @@ pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// One stanza from the peer: check and stamp `from`, then route or answer as the server.
-async fn on_stanza<S: AsyncRead + AsyncWrite + Unpin>(
+async fn on_stanza<S: Transport>(
     conn: &mut Conn<S>,
     handle: &Arc<SessionHandle>,
     ctx: &Context,

@@ -11,6 +11,9 @@ use super::ns;
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
+/// Longest name, attribute value or text chunk rxml buffers at once (a JID is at most 3071 bytes).
+const MAX_TOKEN_BYTES: usize = 4096;
+
 #[derive(Debug, Clone, Copy)]
 pub struct FramerLimits {
     pub max_stanza_bytes: usize,
@@ -92,9 +95,11 @@ pub struct Framer {
 impl Framer {
     /// A framer for a stream whose stanzas are in `content_ns` (see [`ns::CLIENT`], [`ns::COMPONENT`]).
     pub fn new(limits: FramerLimits, content_ns: &'static str) -> Framer {
-        // Bounds what rxml buffers for one name, attribute value or text chunk.
+        // Bounds what rxml buffers for one name, attribute value or text chunk. rxml reserves this
+        // much scratch space whenever it starts a token, so keep it small: longer text is split
+        // into several events, and no attribute value in these streams (JIDs, ids) needs more.
         let options = rxml::parser::Options {
-            max_token_length: limits.max_stanza_bytes.clamp(256, 1 << 20),
+            max_token_length: limits.max_stanza_bytes.clamp(256, MAX_TOKEN_BYTES),
             ..Default::default()
         };
         Framer {

@@ -1,5 +1,11 @@
-//! TLS set-up: the rustls server configuration (ECDSA certificates, stateless session tickets,
-//! TLS 1.2/1.3 only) and the self-signed development certificate created on first start.
+//! TLS: the rustls server configuration (ECDSA certificates, stateless session tickets, TLS
+//! 1.2/1.3 only), the self-signed development certificate created on first start, and the
+//! hand-over from the rustls handshake to the broker's own record layer ([`record`]).
+
+pub mod cork;
+pub mod record;
+
+pub use record::TlsSession;
 
 use crate::config::{Config, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -77,6 +83,8 @@ impl Identity {
         // Stateless tickets: resumption costs no per-session memory on the broker.
         server_config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // After the handshake the broker runs the record layer itself (see `record`).
+        server_config.enable_secret_extraction = true;
         Ok(Arc::new(server_config))
     }
 }
@@ -120,4 +128,34 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// Run the TLS handshake on `tcp` with rustls, then take the keys out and continue with the
+/// broker's own record layer, which holds no buffers while the session idles.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<TlsSession> {
+    use std::io::Read;
+    let tls = acceptor.accept(cork::RecordCork::new(tcp)).await?;
+    let (cork, mut connection) = tls.into_inner();
+    // Application data rustls decrypted along with the last handshake records.
+    let mut plaintext = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match connection.reader().read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let version = connection
+        .protocol_version()
+        .ok_or_else(|| std::io::Error::other("TLS handshake incomplete"))?;
+    let secrets = connection
+        .dangerous_extract_secrets()
+        .map_err(std::io::Error::other)?;
+    let (tcp, pending) = cork.into_parts();
+    TlsSession::new(tcp, version, secrets, pending, plaintext)
 }
