@@ -97,12 +97,12 @@ pub async fn serve(
             }
         };
         // Boxed: the negotiation's state (TLS handshake, SASL) is freed once it is done, so the
-        // long-lived task holds only what the ready loop needs.
-        let bound = tokio::select! {
+        // long-lived task holds only what the ready loop needs. The select's result is a
+        // temporary, not a local, so the task does not keep a second copy of the connection.
+        let Some((mut conn, handle, bare)) = (tokio::select! {
             bound = Box::pin(negotiation) => bound,
             _ = crate::context::stopped(&mut shutdown) => None,
-        };
-        let Some((mut conn, handle, bare)) = bound else {
+        }) else {
             return;
         };
         guard.authenticated();

@@ -11,27 +11,15 @@ mod ready;
 
 use crate::outbox::Outbox;
 use crate::xml::{writer, Element, Frame, FrameError, Framer, FramerLimits};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// A byte stream a session runs on, which can say when it has something to read (so an idle
-/// session holds no read buffer while it waits).
-pub trait Transport: AsyncRead + AsyncWrite + Unpin {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
-}
+/// A byte stream a session runs on (plain TCP before STARTTLS and for components, the broker's
+/// TLS session after the handshake).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {}
 
-impl Transport for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
-    }
-}
-
-impl Transport for crate::tls::TlsSession {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        crate::tls::TlsSession::poll_read_ready(self, cx)
-    }
-}
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
 
 /// What a connection is, for the routing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,17 +130,24 @@ impl<S: Transport> Conn<S> {
         Ok(frame)
     }
 
-    /// Read once from the socket into the buffer. Cancel-safe: `read_buf` only grows the
-    /// buffer's length by what was actually read, so dropping this future loses nothing.
+    /// Read once from the socket into the buffer. The read goes through a stack buffer that
+    /// lives only during one poll, so a session waiting for data holds no read buffer at all
+    /// (most sessions spend their life here). Cancel-safe: nothing is lost if dropped.
     pub async fn fill(&mut self) -> Result<(), ConnError> {
-        if self.read_buf.is_empty() {
-            // Wait without a buffer: most sessions spend their life here.
-            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
-        }
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
-            self.read_buf.reserve(READ_CHUNK);
-        }
-        let n = self.stream.read_buf(&mut self.read_buf).await?;
+        let n = std::future::poll_fn(|cx| {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read_buf = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.stream).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read_buf.filled();
+                    self.read_buf.extend_from_slice(filled);
+                    Poll::Ready(Ok(filled.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
         if n == 0 {
             return Err(ConnError::Eof);
         }

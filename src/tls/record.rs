@@ -175,14 +175,6 @@ impl TlsSession {
         &self.tcp
     }
 
-    /// Ready to read: decrypted bytes are waiting, or the socket has data.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.plain_pos < self.plain.len() || self.peer_closed {
-            return Poll::Ready(Ok(()));
-        }
-        self.tcp.poll_read_ready(cx)
-    }
-
     fn body_len(&self) -> usize {
         u16::from_be_bytes([self.header[3], self.header[4]]) as usize
     }
