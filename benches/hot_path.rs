@@ -22,7 +22,10 @@ const REQUEST: &[u8] = b"<iq type='get' id='cr1' from='acs.example.net' to='cpe-
 fn frame_connection_request(bencher: divan::Bencher) {
     let mut framer = Framer::new(FramerLimits::default(), ns::COMPONENT);
     let mut header = HEADER;
-    assert!(matches!(framer.next_frame(&mut header), Ok(Some(Frame::StreamOpen(_)))));
+    assert!(matches!(
+        framer.next_frame(&mut header),
+        Ok(Some(Frame::StreamOpen(_)))
+    ));
     bencher.bench_local(|| {
         let mut input = REQUEST;
         match framer.next_frame(&mut input) {
@@ -103,7 +106,11 @@ fn route_request_and_answer(bencher: divan::Bencher, online: usize) {
     let world = world(online);
     let request = parsed_request();
     bencher.bench_local(|| {
-        assert!(world.router.route(&world.acs, request.clone()).unwrap().is_none());
+        assert!(world
+            .router
+            .route(&world.acs, request.clone())
+            .unwrap()
+            .is_none());
         let Some(Outgoing::Stanza(delivered)) = world.cpe.outbox.pop() else {
             panic!("request not delivered")
         };
