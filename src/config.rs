@@ -179,6 +179,9 @@ pub struct LimitsConfig {
     /// Most attributes on one element.
     #[serde(default = "defaults::max_attributes")]
     pub max_attributes: usize,
+    /// Most elements and text nodes in one stanza (a connection request has 4).
+    #[serde(default = "defaults::max_elements")]
+    pub max_elements: usize,
     /// Largest stream header in bytes.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
@@ -250,6 +253,9 @@ mod defaults {
     }
     pub fn max_attributes() -> usize {
         32
+    }
+    pub fn max_elements() -> usize {
+        256
     }
     pub fn max_header_bytes() -> usize {
         2048
@@ -422,6 +428,7 @@ impl Config {
             ("limits.max_stanza_bytes", limits.max_stanza_bytes as u64),
             ("limits.max_depth", limits.max_depth as u64),
             ("limits.max_attributes", limits.max_attributes as u64),
+            ("limits.max_elements", limits.max_elements as u64),
             ("limits.max_header_bytes", limits.max_header_bytes as u64),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
             ("limits.outbox_stanzas", limits.outbox_stanzas as u64),

@@ -63,6 +63,7 @@ impl Context {
                 max_depth: limits.max_depth,
                 max_attributes: limits.max_attributes,
                 max_header_bytes: limits.max_header_bytes,
+                max_nodes: limits.max_elements,
             },
             pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),

@@ -20,6 +20,10 @@ pub struct FramerLimits {
     pub max_depth: usize,
     pub max_attributes: usize,
     pub max_header_bytes: usize,
+    /// Most elements and text nodes in one stanza. `<b/>` is 4 bytes on the wire but about a
+    /// hundred in the tree, so the byte limit alone would let a stanza of tiny elements hold many
+    /// times its size in memory (found by fuzzing).
+    pub max_nodes: usize,
 }
 
 impl Default for FramerLimits {
@@ -29,6 +33,7 @@ impl Default for FramerLimits {
             max_depth: 16,
             max_attributes: 32,
             max_header_bytes: 2048,
+            max_nodes: 256,
         }
     }
 }
@@ -89,6 +94,10 @@ pub struct Framer {
     pending_bytes: usize,
     /// Raw header bytes kept until the header is parsed, to read its default namespace.
     header_raw: Vec<u8>,
+    /// The last byte consumed, to recognise `<!`/`<?` split across reads.
+    last_byte: u8,
+    /// Elements and text nodes in the stanza being built.
+    nodes: usize,
     failed: bool,
 }
 
@@ -110,6 +119,8 @@ impl Framer {
             header_seen: false,
             pending_bytes: 0,
             header_raw: Vec::new(),
+            last_byte: 0,
+            nodes: 0,
             failed: false,
         }
     }
@@ -135,6 +146,10 @@ impl Framer {
             let event = self.parser.parse(input, false);
             let consumed = before.len() - input.len();
             self.pending_bytes += consumed;
+            let previous_byte = self.last_byte;
+            if consumed > 0 {
+                self.last_byte = before[consumed - 1];
+            }
             if !self.header_seen {
                 self.header_raw.extend_from_slice(&before[..consumed]);
                 if self.pending_bytes > self.limits.max_header_bytes {
@@ -151,7 +166,9 @@ impl Framer {
                 }
                 Ok(None) => return Ok(Some(Frame::StreamClose)),
                 Err(EndOrError::NeedMoreData) => return Ok(None),
-                Err(EndOrError::Error(e)) => return Err(classify(&e, before)),
+                Err(EndOrError::Error(e)) => {
+                    return Err(classify(&e, previous_byte, &before[..consumed]))
+                }
             }
         }
     }
@@ -199,6 +216,7 @@ impl Framer {
                 } else {
                     ns_str.to_string()
                 };
+                self.add_node()?;
                 let mut element = Element {
                     ns: element_ns,
                     name: name.as_str().to_string(),
@@ -219,7 +237,10 @@ impl Framer {
                 match self.stack.last_mut() {
                     Some(parent) => match parent.children.last_mut() {
                         Some(Node::Text(existing)) => existing.push_str(&text),
-                        _ => parent.children.push(Node::Text(text)),
+                        _ => {
+                            parent.children.push(Node::Text(text));
+                            self.add_node()?;
+                        }
                     },
                     None => {
                         // Between stanzas only whitespace (keepalives) is allowed.
@@ -242,11 +263,21 @@ impl Framer {
                     }
                     None => {
                         self.pending_bytes = 0;
+                        self.nodes = 0;
                         Ok(Some(Frame::Stanza(done)))
                     }
                 },
             },
         }
+    }
+
+    /// Count a node of the stanza being built against the node limit.
+    fn add_node(&mut self) -> Result<(), FrameError> {
+        self.nodes += 1;
+        if self.nodes > self.limits.max_nodes {
+            return Err(FrameError::PolicyViolation("too many elements"));
+        }
+        Ok(())
     }
 
     /// Give back the parser's scratch buffers while the stream idles.
@@ -263,9 +294,14 @@ impl Framer {
     }
 }
 
-/// rxml reports restricted constructs partly as syntax errors; look at the input to tell them apart.
-fn classify(error: &rxml::Error, input: &[u8]) -> FrameError {
-    if matches!(error, rxml::Error::RestrictedXml(_)) || looks_restricted(input) {
+/// rxml reports restricted constructs partly as syntax errors; look at the bytes the failing
+/// parse step consumed (and the byte before them) to tell them apart. Only those: the condition
+/// must not depend on how the input was split into reads.
+fn classify(error: &rxml::Error, previous_byte: u8, consumed: &[u8]) -> FrameError {
+    let mut window = Vec::with_capacity(consumed.len() + 1);
+    window.push(previous_byte);
+    window.extend_from_slice(consumed);
+    if matches!(error, rxml::Error::RestrictedXml(_)) || looks_restricted(&window) {
         FrameError::RestrictedXml
     } else {
         FrameError::NotWellFormed(error.to_string())
@@ -280,32 +316,40 @@ fn looks_restricted(input: &[u8]) -> bool {
     })
 }
 
-/// The value of a default namespace declaration (`xmlns='...'`) in raw header bytes.
+/// The value of the default namespace declaration (`xmlns='...'`) on the stream element, read
+/// from the raw header bytes (rxml resolves namespaces but does not report declarations).
+/// Attributes are tokenised with their quotes, so an attribute value cannot pass for one.
 fn default_namespace(raw: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(raw).ok()?;
-    let start_of_stream = text.find("stream")?;
-    let mut rest = &text[start_of_stream..];
-    while let Some(pos) = rest.find("xmlns") {
-        let preceded_by_space = rest[..pos]
-            .chars()
-            .last()
-            .is_some_and(|c| c.is_ascii_whitespace());
-        let after = rest[pos + 5..].trim_start();
-        rest = &rest[pos + 5..];
-        if !preceded_by_space {
-            continue;
+    // The stream element's start tag: the last `<` that is not `<?` or `<!` (the XML declaration
+    // and anything else before it were already parsed, or refused, by rxml).
+    let start = text
+        .match_indices('<')
+        .map(|(i, _)| i)
+        .rfind(|&i| !matches!(text.as_bytes().get(i + 1), Some(b'?') | Some(b'!')))?;
+    let mut rest = &text[start + 1..];
+    // Skip the element name.
+    let name_end = rest.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/')?;
+    rest = &rest[name_end..];
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() || rest.starts_with('>') || rest.starts_with('/') {
+            return None;
         }
-        if let Some(value) = after.strip_prefix('=') {
-            let value = value.trim_start();
-            let quote = value.chars().next()?;
-            if quote != '"' && quote != '\'' {
-                return None;
-            }
-            let end = value[1..].find(quote)?;
-            return Some(value[1..1 + end].to_string());
+        let eq = rest.find('=')?;
+        let name = rest[..eq].trim_end();
+        rest = rest[eq + 1..].trim_start();
+        let quote = rest.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            return None;
         }
+        let end = rest[1..].find(quote)?;
+        let value = &rest[1..1 + end];
+        if name == "xmlns" {
+            return Some(value.to_string());
+        }
+        rest = &rest[end + 2..];
     }
-    None
 }
 
 #[cfg(test)]
@@ -411,6 +455,36 @@ mod tests {
                 .condition(),
             "policy-violation"
         );
+    }
+
+    #[test]
+    fn error_condition_does_not_depend_on_chunking() {
+        // Found by fuzzing (fuzz/regressions/framer-error-condition-depends-on-chunking).
+        let mut input = HEADER.to_vec();
+        input.extend_from_slice(b"<message></x><!---->");
+        let whole = frames(&mut client_framer(), &input).unwrap_err();
+        let mut framer = client_framer();
+        let mut split = None;
+        for byte in &input {
+            if let Err(e) = frames(&mut framer, std::slice::from_ref(byte)) {
+                split = Some(e);
+                break;
+            }
+        }
+        assert_eq!(whole.condition(), "not-well-formed");
+        assert_eq!(split.unwrap().condition(), whole.condition());
+    }
+
+    #[test]
+    fn many_tiny_elements_hit_the_node_limit() {
+        // Found by fuzzing (fuzz/regressions/framer-memory-50x-stanza-limit): 4 bytes on the wire
+        // per element must not become ~100 bytes of tree each without a bound.
+        let mut framer = client_framer();
+        frames(&mut framer, HEADER).unwrap();
+        let tiny = format!("<message>{}</message>", "<b/>".repeat(1000));
+        assert!(tiny.len() < FramerLimits::default().max_stanza_bytes);
+        let err = frames(&mut framer, tiny.as_bytes()).unwrap_err();
+        assert_eq!(err.condition(), "policy-violation");
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_
         } else {
             &element.ns
         };
-        escape_into(out, uri);
+        escape_attr_into(out, uri);
         out.push(b'\'');
     }
     for (i, attr) in element.attrs.iter().enumerate() {
@@ -35,7 +35,7 @@ fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_
                 out.extend_from_slice(b"xmlns:");
                 out.extend_from_slice(prefix.as_bytes());
                 out.extend_from_slice(b"='");
-                escape_into(out, other);
+                escape_attr_into(out, other);
                 out.extend_from_slice(b"' ");
                 out.extend_from_slice(prefix.as_bytes());
                 out.push(b':');
@@ -43,7 +43,7 @@ fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_
         }
         out.extend_from_slice(attr.name.as_bytes());
         out.extend_from_slice(b"='");
-        escape_into(out, &attr.value);
+        escape_attr_into(out, &attr.value);
         out.push(b'\'');
     }
     if element.children.is_empty() {
@@ -62,8 +62,18 @@ fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_
     out.push(b'>');
 }
 
-/// Escape text or an attribute value (single-quoted) into `out`.
+/// Escape an attribute value (single-quoted) into `out`. Tabs and line breaks become character
+/// references: a parser would otherwise normalise them to spaces (XML 1.0 section 3.3.3).
+pub fn escape_attr_into(out: &mut Vec<u8>, value: &str) {
+    escape(out, value, true)
+}
+
+/// Escape text content into `out`.
 pub fn escape_into(out: &mut Vec<u8>, text: &str) {
+    escape(out, text, false)
+}
+
+fn escape(out: &mut Vec<u8>, text: &str, in_attribute: bool) {
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -74,6 +84,8 @@ pub fn escape_into(out: &mut Vec<u8>, text: &str) {
             b'\'' => b"&apos;",
             b'"' => b"&quot;",
             b'\r' => b"&#13;",
+            b'\n' if in_attribute => b"&#10;",
+            b'\t' if in_attribute => b"&#9;",
             _ => continue,
         };
         out.extend_from_slice(&bytes[start..i]);
@@ -88,13 +100,13 @@ pub fn stream_header(out: &mut Vec<u8>, stream_ns: &str, from: &str, to: Option<
     out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
     out.extend_from_slice(stream_ns.as_bytes());
     out.extend_from_slice(b"' xmlns:stream='http://etherx.jabber.org/streams' from='");
-    escape_into(out, from);
+    escape_attr_into(out, from);
     if let Some(to) = to {
         out.extend_from_slice(b"' to='");
-        escape_into(out, to);
+        escape_attr_into(out, to);
     }
     out.extend_from_slice(b"' id='");
-    escape_into(out, id);
+    escape_attr_into(out, id);
     out.extend_from_slice(b"' version='1.0' xml:lang='en'>");
 }
 
@@ -133,6 +145,26 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "<iq type='get' id='a&apos;b'><connectionRequest xmlns='urn:broadband-forum-org:cwmp:xmppConnReq-1-0'><username>u&lt;&amp;&gt;</username></connectionRequest></iq>"
         );
+    }
+
+    #[test]
+    fn tabs_and_newlines_in_attributes_survive_a_round_trip() {
+        // Found by fuzzing (fuzz/regressions/framer-writer-attr-tab-newline, -xmlns-newline).
+        let element = Element::new("urn:x\nwith-newline", "message")
+            .with_attr("a", "\t")
+            .with_attr("b", "x\ny");
+        let mut out = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>".to_vec();
+        write_element(&mut out, &element, ns::CLIENT);
+        let mut framer = Framer::new(FramerLimits::default(), ns::CLIENT);
+        let mut input = &out[..];
+        assert!(matches!(
+            framer.next_frame(&mut input),
+            Ok(Some(Frame::StreamOpen(_)))
+        ));
+        let Ok(Some(Frame::Stanza(parsed))) = framer.next_frame(&mut input) else {
+            panic!("no stanza")
+        };
+        assert_eq!(parsed, element);
     }
 
     #[test]
