@@ -138,6 +138,18 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 }
 
 fn hash_password(username: &str, password: Option<String>, iterations: u32) -> ExitCode {
+    if let Err(problem) = crbroker::auth::normalize_username(username) {
+        eprintln!("crbroker: username {username:?}: {problem}");
+        return ExitCode::from(2);
+    }
+    if !(crbroker::auth::MIN_ITERATIONS..=crbroker::auth::MAX_ITERATIONS).contains(&iterations) {
+        eprintln!(
+            "crbroker: --iterations must be {}..={}",
+            crbroker::auth::MIN_ITERATIONS,
+            crbroker::auth::MAX_ITERATIONS
+        );
+        return ExitCode::from(2);
+    }
     let password = match password {
         Some(p) => p,
         None => {

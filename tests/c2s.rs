@@ -273,3 +273,52 @@ async fn second_login_with_the_same_full_jid_gets_the_routing_and_the_old_stream
     assert_eq!(broker.stat("sessions_replaced"), 1);
     cpe.abort();
 }
+
+#[tokio::test]
+async fn hashed_accounts_from_an_accounts_file_log_in_with_plain_and_scram() {
+    let dir = pki().dir.join(format!("hashed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let accounts = dir.join("accounts.txt");
+    std::fs::write(
+        &accounts,
+        format!(
+            "# hashed: no plaintext here\n{}\n",
+            crbroker::auth::hash_line("hashed-cpe", "hashed-secret", 4096)
+        ),
+    )
+    .unwrap();
+    let text = config_text(&TestOptions::default()).replacen(
+        "[accounts]\n",
+        &format!("[accounts]\nfile = \"{}\"\n", accounts.display()),
+        1,
+    );
+    let config = crbroker::config::Config::parse(&text, "hashed.toml", dir.clone()).unwrap();
+    let broker = crbroker::Broker::start(config).await.unwrap();
+    let plain_addr = broker.c2s_addrs[STARTTLS].1;
+    let scram_addr = broker.c2s_addrs[SCRAM_SHA256_TLS12].1;
+    let (_raw, jid) = RawPeer::login(plain_addr, "hashed-cpe", "hashed-secret", Some("cwmp")).await;
+    assert_eq!(jid, "hashed-cpe@example.net/cwmp");
+    let (_client, _) = peers::client(
+        scram_addr,
+        "hashed-cpe@example.net/scram",
+        "hashed-secret",
+        Transport::StartTls,
+    )
+    .await;
+    let stats = &broker.stats;
+    assert_eq!(
+        stats.auth_plain.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stats
+            .auth_scram_sha256
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let mut wrong = RawPeer::tcp(plain_addr).await.starttls().await;
+    assert_eq!(
+        wrong.auth_plain("hashed-cpe", "nope").await,
+        Err("not-authorized".to_string())
+    );
+}
