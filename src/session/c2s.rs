@@ -41,13 +41,11 @@ pub async fn serve(
         let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
         let mut shutdown = ctx.shutdown.clone();
         let negotiation = async {
-            match listener.kind {
+            let tcp = match listener.kind {
                 ListenerKind::Starttls => {
                     let mut plain = Conn::new(tcp, ctx.limits, ns::CLIENT, ctx.write_timeout);
-                    let upgraded =
-                        tokio::time::timeout_at(deadline, starttls(&mut plain, &ctx)).await;
-                    match upgraded {
-                        Ok(Ok(())) => {}
+                    match tokio::time::timeout_at(deadline, starttls(&mut plain, &ctx)).await {
+                        Ok(Ok(())) => plain.stream,
                         Ok(Err(Refused)) => return None,
                         Err(_) => {
                             plain
@@ -56,45 +54,23 @@ pub async fn serve(
                             return None;
                         }
                     }
-                    let tcp = plain.stream;
-                    let tls =
-                        tokio::time::timeout_at(deadline, crate::tls::accept(&listener.tls, tcp))
-                            .await;
-                    let tls = match tls {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake failed: {e}");
-                            return None;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return None;
-                        }
-                    };
-                    let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
-                    after_tls(conn, conn_id, deadline, &listener, &ctx).await
                 }
-                ListenerKind::DirectTls => {
-                    let tls = match tokio::time::timeout_at(
-                        deadline,
-                        crate::tls::accept(&listener.tls, tcp),
-                    )
-                    .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake failed: {e}");
-                            return None;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return None;
-                        }
-                    };
-                    let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
-                    after_tls(conn, conn_id, deadline, &listener, &ctx).await
+                ListenerKind::DirectTls => tcp,
+            };
+            let handshake = crate::tls::accept(&listener.tls, tcp);
+            let tls = match tokio::time::timeout_at(deadline, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return None;
                 }
-            }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return None;
+                }
+            };
+            let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
+            after_tls(conn, conn_id, deadline, &listener, &ctx).await
         };
         // Boxed: the negotiation's state (TLS handshake, SASL) is freed once it is done, so the
         // long-lived task holds only what the ready loop needs. The select's result is a
