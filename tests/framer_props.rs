@@ -5,7 +5,7 @@
 //! * random bytes (alone or after a valid header) never panic, always terminate, and give a
 //!   well-formed frame sequence or an error;
 //! * writer → framer round trip gives back the generated element;
-//! * the stanza-size, depth and attribute limits are exact.
+//! * the stanza-size, depth, attribute and node limits are exact.
 //!
 //! Case counts are kept moderate (256, override with `PROPTEST_CASES`) so
 //! `cargo test --test framer_props` takes about a second in debug.
@@ -263,19 +263,6 @@ fn arb_element() -> impl Strategy<Value = Element> {
     })
 }
 
-/// The writer's known attribute-whitespace bug aside (see the ignored test below).
-fn without_attr_tabs_and_newlines(mut el: Element) -> Element {
-    for attr in &mut el.attrs {
-        attr.value = attr.value.replace(['\t', '\n'], " ");
-    }
-    for node in &mut el.children {
-        if let Node::Element(child) = node {
-            *child = without_attr_tabs_and_newlines(std::mem::replace(child, Element::stanza("x")));
-        }
-    }
-    el
-}
-
 // ---------------------------------------------------------------------------------------------
 // An independent serialiser (not the crate's writer) with a few style choices.
 
@@ -401,6 +388,18 @@ fn depth(el: &Element) -> usize {
     1 + el.child_elements().map(depth).max().unwrap_or(0)
 }
 
+/// Elements and text nodes (what `max_nodes` counts).
+fn nodes(el: &Element) -> usize {
+    1 + el
+        .children
+        .iter()
+        .map(|node| match node {
+            Node::Element(child) => nodes(child),
+            Node::Text(_) => 1,
+        })
+        .sum::<usize>()
+}
+
 fn max_attrs(el: &Element) -> usize {
     el.child_elements()
         .map(max_attrs)
@@ -496,7 +495,7 @@ proptest! {
 
     /// `write_element` then the framer gives back the element, on both stream types.
     #[test]
-    fn writer_round_trip(el in arb_element().prop_map(without_attr_tabs_and_newlines), component in any::<bool>()) {
+    fn writer_round_trip(el in arb_element(), component in any::<bool>()) {
         let ns = content_ns(component);
         let mut data = header(ns);
         write_element(&mut data, &el, ns);
@@ -524,7 +523,7 @@ proptest! {
             max_depth: depth(&el),
             max_attributes: max_attrs(&el),
             max_header_bytes: 2048,
-            max_nodes: 4096,
+            max_nodes: nodes(&el),
         };
         let ok = (canonical(&[expected_header(ns), Frame::Stanza(el.clone())]), None);
         let (frames, error) = run_whole(ns, exact, &data);
@@ -548,11 +547,17 @@ proptest! {
             prop_assert_eq!(frames.len(), 1);
             prop_assert_eq!(error, Some(FrameError::PolicyViolation("too many attributes")));
         }
+
+        let too_many_nodes = FramerLimits { max_nodes: nodes(&el) - 1, ..exact };
+        let (frames, error) = run_split(ns, too_many_nodes, &data, &cuts);
+        prop_assert_eq!(frames.len(), 1);
+        prop_assert_eq!(error, Some(FrameError::PolicyViolation("too many elements")));
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bugs, found by fuzz/ (reproducers under fuzz/regressions/). Run with `-- --ignored`.
+// Bugs found by fuzz/ (reproducers under fuzz/regressions/). The `#[ignore]`d ones are still
+// open; run them with `-- --ignored`.
 
 #[test]
 fn writer_keeps_tab_and_newline_in_attribute_values() {
@@ -605,4 +610,78 @@ fn header_content_ns_is_the_declared_default_namespace() {
         panic!("{frames:?}")
     };
     assert_eq!(header.content_ns.as_deref(), Some("jabber:server"));
+}
+
+/// Feed `data` whole and cut at `cut`; both must fail with `condition`.
+fn assert_condition_independent_of_chunking(data: &[u8], cut: usize, condition: &str) {
+    let whole = run_whole(ns::CLIENT, LIMITS, data);
+    let split = run(
+        &mut Framer::new(LIMITS, ns::CLIENT),
+        [&data[..cut], &data[cut..]],
+    );
+    assert_eq!(
+        whole.1.as_ref().map(FrameError::condition),
+        split.1.as_ref().map(FrameError::condition),
+        "whole {whole:?} / split {split:?}"
+    );
+    assert_eq!(whole.1.map(|e| e.condition()), Some(condition));
+}
+
+#[test]
+#[ignore = "open bug: classify() sees only one byte before the failing step, `<![CDA` split across reads"]
+fn malformed_cdata_start_condition_does_not_depend_on_chunking() {
+    // fuzz/regressions/framer-classify-split-cdata-start
+    let mut data = header(ns::CLIENT);
+    data.extend_from_slice(b"<message><![");
+    let cut = data.len();
+    data.extend_from_slice(b"CDAx");
+    // Either answer is defensible for a broken `<![CDATA[`; it must just not depend on the cut.
+    let whole = run_whole(ns::CLIENT, LIMITS, &data).1.unwrap();
+    assert_condition_independent_of_chunking(&data, cut, whole.condition());
+}
+
+#[test]
+#[ignore = "open bug: classify() takes `<!` inside a CDATA section for a restricted construct"]
+fn bang_inside_cdata_is_not_restricted_xml() {
+    // fuzz/regressions/framer-classify-bang-inside-cdata: the error is the NUL, not the `<!`.
+    let mut data = header(ns::CLIENT);
+    data.extend_from_slice(b"<message><![CDATA[<!x");
+    let cut = data.len();
+    data.extend_from_slice(b"\0]]></message>");
+    assert_condition_independent_of_chunking(&data, cut, "not-well-formed");
+}
+
+#[test]
+#[ignore = "open bug: default_namespace() returns the raw attribute text (no reference decoding)"]
+fn header_content_ns_decodes_character_references() {
+    // fuzz/regressions/framer-header-xmlns-charref: a valid jabber:client header is refused
+    // with invalid-namespace by session::c2s::header_problem.
+    let data = b"<stream:stream xmlns='jabber&#58;client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.net' version='1.0'><message/>";
+    let (frames, error) = run_whole(ns::CLIENT, LIMITS, data);
+    assert_eq!(error, None);
+    assert_eq!(frames[1], Frame::Stanza(Element::stanza("message")));
+    assert_eq!(frames[0], expected_header(ns::CLIENT));
+}
+
+#[test]
+#[ignore = "open bug: rxml accepts a repeated xmlns (uses the last), default_namespace() reports the first"]
+fn header_with_repeated_xmlns_cannot_spoof_the_content_namespace() {
+    // fuzz/regressions/framer-header-duplicate-xmlns
+    let data = b"<stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' \
+        to='example.net' version='1.0'><message/>";
+    let (frames, error) = run_whole(ns::CLIENT, LIMITS, data);
+    // Refusing the header (not well-formed: duplicate attribute) is the right answer; reporting
+    // the namespace the stanzas really get would do.
+    if error.is_none() {
+        let Frame::StreamOpen(header) = &frames[0] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(
+            frames[1],
+            Frame::Stanza(Element::new("jabber:server", "message"))
+        );
+        assert_eq!(header.content_ns.as_deref(), Some("jabber:server"));
+    }
 }

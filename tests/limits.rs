@@ -49,11 +49,7 @@ impl Witness {
             .await;
         let request = self.cpe.element().await;
         let wire = request.attr("id").unwrap();
-        self.cpe
-            .send(&format!(
-                "<iq type='result' id='{wire}' to='{COMPONENT_DOMAIN}'/>"
-            ))
-            .await;
+        answer_result(&mut self.cpe, &wire).await;
         let answer = self.acs.element().await;
         assert_eq!(
             (answer.attr("id"), answer.attr("type")),

@@ -82,11 +82,7 @@ async fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
         "answered before the deadline: {waited:?}"
     );
     // The CPE answers after the deadline: dropped and counted, never delivered.
-    cpe.send(&format!(
-        "<iq type='result' id='{}' to='{COMPONENT_DOMAIN}'/>",
-        wire_ids[0]
-    ))
-    .await;
+    answer_result(&mut cpe, &wire_ids[0]).await;
     eventually("late answer counted", || {
         broker.stat("answers_late_or_unknown") == 1
     })
@@ -237,10 +233,7 @@ async fn two_component_connections_each_get_their_own_answers() {
         // Answer A's with a result and B's with an error, to tell them apart on arrival.
         let wire = request.attr("id").unwrap();
         if user == "from-a" {
-            cpe.send(&format!(
-                "<iq type='result' id='{wire}' to='{COMPONENT_DOMAIN}'/>"
-            ))
-            .await;
+            answer_result(&mut cpe, &wire).await;
         } else {
             cpe.send(&format!("<iq type='error' id='{wire}' to='{COMPONENT_DOMAIN}'><error type='cancel'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")).await;
         }
@@ -273,11 +266,7 @@ async fn two_component_connections_each_get_their_own_answers() {
         broker.stat("sessions_online") == 2
     })
     .await;
-    cpe.send(&format!(
-        "<iq type='result' id='{}' to='{COMPONENT_DOMAIN}'/>",
-        wire[0]
-    ))
-    .await;
+    answer_result(&mut cpe, &wire[0]).await;
     eventually("orphan answer counted", || {
         broker.stat("answers_acs_gone") == 1
     })
@@ -291,11 +280,7 @@ async fn two_component_connections_each_get_their_own_answers() {
     ))
     .await;
     let wire = receive_requests(&mut cpe, 1).await;
-    cpe.send(&format!(
-        "<iq type='result' id='{}' to='{COMPONENT_DOMAIN}'/>",
-        wire[0]
-    ))
-    .await;
+    answer_result(&mut cpe, &wire[0]).await;
     let answer = b.element().await;
     assert_eq!(
         (answer.attr("id"), answer.attr("type")),
@@ -362,12 +347,7 @@ async fn request_to_a_bare_jid_reaches_the_most_recently_bound_session() {
     .await;
     let request = second.element().await;
     assert_eq!(request.attr("to"), Some(second_jid.as_str()));
-    second
-        .send(&format!(
-            "<iq type='result' id='{}' to='{COMPONENT_DOMAIN}'/>",
-            request.attr("id").unwrap()
-        ))
-        .await;
+    answer_result(&mut second, request.attr("id").unwrap()).await;
     let answer = acs.element().await;
     assert_eq!(
         (answer.attr("id"), answer.attr("from")),
@@ -415,10 +395,7 @@ async fn per_cpe_limit_answers_resource_constraint_at_once() {
     assert_eq!(error.attr("type"), Some("wait"));
     let wire = receive_requests(&mut cpe, 2).await;
     for id in wire {
-        cpe.send(&format!(
-            "<iq type='result' id='{id}' to='{COMPONENT_DOMAIN}'/>"
-        ))
-        .await;
+        answer_result(&mut cpe, &id).await;
     }
     let mut ids: Vec<String> = Vec::new();
     for _ in 0..2 {

@@ -564,6 +564,14 @@ pub fn connection_request(
     )
 }
 
+/// A CPE's `result` answer to the request the broker sent it as `wire_id`.
+pub async fn answer_result(cpe: &mut RawPeer, wire_id: &str) {
+    cpe.send(&format!(
+        "<iq type='result' id='{wire_id}' to='{COMPONENT_DOMAIN}'/>"
+    ))
+    .await;
+}
+
 /// The first stanza-error condition of an IQ error.
 pub fn error_condition(iq: &Element) -> Option<String> {
     let error = iq.child_elements().find(|e| e.name == "error")?;
