@@ -233,7 +233,7 @@ async fn two_component_connections_each_get_their_own_answers() {
         // Answer A's with a result and B's with an error, to tell them apart on arrival.
         let wire = request.attr("id").unwrap();
         if user == "from-a" {
-            answer_result(&mut cpe, &wire).await;
+            answer_result(&mut cpe, wire).await;
         } else {
             cpe.send(&format!("<iq type='error' id='{wire}' to='{COMPONENT_DOMAIN}'><error type='cancel'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")).await;
         }
