@@ -49,7 +49,7 @@ impl Witness {
             .await;
         let request = self.cpe.element().await;
         let wire = request.attr("id").unwrap();
-        answer_result(&mut self.cpe, &wire).await;
+        answer_result(&mut self.cpe, wire).await;
         let answer = self.acs.element().await;
         assert_eq!(
             (answer.attr("id"), answer.attr("type")),
