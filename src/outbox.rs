@@ -84,10 +84,6 @@ impl Outbox {
         self.lock().closed = true;
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     pub fn pop(&self) -> Option<Outgoing> {
         let mut state = self.lock();
         let item = state.queue.pop_front();

@@ -135,10 +135,6 @@ impl PendingTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    pub fn pending_for_cpe(&self, cpe_conn: u64) -> usize {
-        self.lock().by_cpe.get(&cpe_conn).map_or(0, Vec::len)
-    }
 }
 
 impl Inner {

@@ -68,10 +68,6 @@ impl Router {
         }
     }
 
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
     pub fn is_acs_account(&self, bare: &str) -> bool {
         self.acs_accounts.contains(bare)
     }
@@ -116,22 +112,6 @@ impl Router {
                 conns.retain(|s| s.conn_id != conn_id);
                 conns.is_empty()
             });
-    }
-
-    pub fn online_clients(&self) -> usize {
-        self.clients.iter().map(|e| e.value().len()).sum()
-    }
-
-    /// Every live session (shutdown uses this to close them all).
-    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
-        let mut out: Vec<Arc<SessionHandle>> = Vec::new();
-        for entry in self.clients.iter() {
-            out.extend(entry.value().iter().cloned());
-        }
-        for entry in self.components.iter() {
-            out.extend(entry.value().iter().cloned());
-        }
-        out
     }
 
     /// The session a client-domain JID names: a full JID exactly, a bare JID the latest bound.

@@ -29,12 +29,6 @@ pub enum Role {
     Component,
 }
 
-impl Role {
-    pub fn is_acs(self) -> bool {
-        matches!(self, Role::AcsAccount | Role::Component)
-    }
-}
-
 /// The router's reference to a live connection.
 pub struct SessionHandle {
     pub conn_id: u64,
@@ -97,11 +91,6 @@ impl<S: Transport> Conn<S> {
             content_ns,
             header_sent: false,
         }
-    }
-
-    /// Swap the byte stream (after STARTTLS) keeping settings; unread plaintext is discarded.
-    pub fn upgrade<T: Transport>(self, stream: T) -> Conn<T> {
-        Conn::new(stream, self.limits, self.content_ns, self.write_timeout)
     }
 
     /// Start a new XML stream on the same bytes (after SASL success).
