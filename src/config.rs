@@ -99,6 +99,9 @@ pub struct TlsConfig {
     /// Create a self-signed development certificate when `cert` and `key` are missing.
     #[serde(default)]
     pub auto_create_dev_cert: bool,
+    /// TLS 1.3 session tickets issued per login (0 = no resumption).
+    #[serde(default)]
+    pub session_tickets: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

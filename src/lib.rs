@@ -118,7 +118,8 @@ impl Broker {
                     .map(context::mechanism)
                     .collect(),
                 tls: tokio_rustls::TlsAcceptor::from(
-                    identity.server_config(&listener_config.tls_versions)?,
+                    identity
+                        .server_config(&listener_config.tls_versions, config.tls.session_tickets)?,
                 ),
             });
             tracing::info!(%address, kind = ?listener_config.kind, "c2s listener ready");
