@@ -20,9 +20,9 @@ pub struct FramerLimits {
     pub max_depth: usize,
     pub max_attributes: usize,
     pub max_header_bytes: usize,
-    /// Most elements and text nodes in one stanza. `<b/>` is 4 bytes on the wire but about a
-    /// hundred in the tree, so the byte limit alone would let a stanza of tiny elements hold many
-    /// times its size in memory (found by fuzzing).
+    /// Most nodes (elements, attributes, text nodes) in one stanza. `<b/>` is 4 bytes on the wire
+    /// but about a hundred in the tree, and `a=''` five bytes but fifty, so the byte limit alone
+    /// would let a stanza of tiny nodes hold many times its size in memory (found by fuzzing).
     pub max_nodes: usize,
 }
 
@@ -94,9 +94,7 @@ pub struct Framer {
     pending_bytes: usize,
     /// Raw header bytes kept until the header is parsed, to read its default namespace.
     header_raw: Vec<u8>,
-    /// The last byte consumed, to recognise `<!`/`<?` split across reads.
-    last_byte: u8,
-    /// Elements and text nodes in the stanza being built.
+    /// Elements, attributes and text nodes in the stanza being built.
     nodes: usize,
     failed: bool,
 }
@@ -119,7 +117,6 @@ impl Framer {
             header_seen: false,
             pending_bytes: 0,
             header_raw: Vec::new(),
-            last_byte: 0,
             nodes: 0,
             failed: false,
         }
@@ -146,10 +143,6 @@ impl Framer {
             let event = self.parser.parse(input, false);
             let consumed = before.len() - input.len();
             self.pending_bytes += consumed;
-            let previous_byte = self.last_byte;
-            if consumed > 0 {
-                self.last_byte = before[consumed - 1];
-            }
             if !self.header_seen {
                 self.header_raw.extend_from_slice(&before[..consumed]);
                 if self.pending_bytes > self.limits.max_header_bytes {
@@ -166,9 +159,7 @@ impl Framer {
                 }
                 Ok(None) => return Ok(Some(Frame::StreamClose)),
                 Err(EndOrError::NeedMoreData) => return Ok(None),
-                Err(EndOrError::Error(e)) => {
-                    return Err(classify(&e, previous_byte, &before[..consumed]))
-                }
+                Err(EndOrError::Error(e)) => return Err(classify(&e)),
             }
         }
     }
@@ -184,8 +175,17 @@ impl Framer {
                     if ns_uri.as_str() != ns::STREAM {
                         return Err(FrameError::InvalidNamespace);
                     }
+                    let content_ns = match default_namespace(&self.header_raw) {
+                        Some(Err(())) => {
+                            return Err(FrameError::NotWellFormed(
+                                "repeated or malformed xmlns on the stream header".into(),
+                            ))
+                        }
+                        Some(Ok(ns)) => Some(ns),
+                        None => None,
+                    };
                     let mut header = StreamHeader {
-                        content_ns: default_namespace(&self.header_raw),
+                        content_ns,
                         ..StreamHeader::default()
                     };
                     for ((attr_ns, attr_name), value) in attrs {
@@ -216,7 +216,7 @@ impl Framer {
                 } else {
                     ns_str.to_string()
                 };
-                self.add_node()?;
+                self.add_nodes(1 + attrs.len())?;
                 let mut element = Element {
                     ns: element_ns,
                     name: name.as_str().to_string(),
@@ -239,7 +239,7 @@ impl Framer {
                         Some(Node::Text(existing)) => existing.push_str(&text),
                         _ => {
                             parent.children.push(Node::Text(text));
-                            self.add_node()?;
+                            self.add_nodes(1)?;
                         }
                     },
                     None => {
@@ -271,9 +271,9 @@ impl Framer {
         }
     }
 
-    /// Count a node of the stanza being built against the node limit.
-    fn add_node(&mut self) -> Result<(), FrameError> {
-        self.nodes += 1;
+    /// Count nodes (elements, attributes, text nodes) of the stanza being built against the limit.
+    fn add_nodes(&mut self, count: usize) -> Result<(), FrameError> {
+        self.nodes += count;
         if self.nodes > self.limits.max_nodes {
             return Err(FrameError::PolicyViolation("too many elements"));
         }
@@ -294,32 +294,25 @@ impl Framer {
     }
 }
 
-/// rxml reports restricted constructs partly as syntax errors; look at the bytes the failing
-/// parse step consumed (and the byte before them) to tell them apart. Only those: the condition
-/// must not depend on how the input was split into reads.
-fn classify(error: &rxml::Error, previous_byte: u8, consumed: &[u8]) -> FrameError {
-    let mut window = Vec::with_capacity(consumed.len() + 1);
-    window.push(previous_byte);
-    window.extend_from_slice(consumed);
-    if matches!(error, rxml::Error::RestrictedXml(_)) || looks_restricted(&window) {
-        FrameError::RestrictedXml
-    } else {
-        FrameError::NotWellFormed(error.to_string())
+/// The stream error for an rxml error. Decided from the error alone, so the condition does not
+/// depend on how the input was split into reads (a fuzzing finding). rxml refuses comments and
+/// processing instructions as restricted XML itself; a DTD (`<!DOCTYPE`, `<!ENTITY`) shows up as
+/// `<!` followed by neither `[CDATA[` nor `--`, which it reports as this syntax error.
+fn classify(error: &rxml::Error) -> FrameError {
+    match error {
+        rxml::Error::RestrictedXml(_) => FrameError::RestrictedXml,
+        rxml::Error::InvalidSyntax(what) if *what == "malformed cdata or comment section start" => {
+            FrameError::RestrictedXml
+        }
+        other => FrameError::NotWellFormed(other.to_string()),
     }
-}
-
-fn looks_restricted(input: &[u8]) -> bool {
-    input.windows(2).enumerate().any(|(i, w)| match w {
-        b"<!" => !input[i..].starts_with(b"<![CDATA["),
-        b"<?" => !input[i..].starts_with(b"<?xml "),
-        _ => false,
-    })
 }
 
 /// The value of the default namespace declaration (`xmlns='...'`) on the stream element, read
 /// from the raw header bytes (rxml resolves namespaces but does not report declarations).
 /// Attributes are tokenised with their quotes, so an attribute value cannot pass for one.
-fn default_namespace(raw: &[u8]) -> Option<String> {
+/// `Some(Err(()))` when the declaration is repeated or cannot be decoded.
+fn default_namespace(raw: &[u8]) -> Option<Result<String, ()>> {
     let text = std::str::from_utf8(raw).ok()?;
     // The stream element's start tag: the last `<` that is not `<?` or `<!` (the XML declaration
     // and anything else before it were already parsed, or refused, by rxml).
@@ -331,10 +324,11 @@ fn default_namespace(raw: &[u8]) -> Option<String> {
     // Skip the element name.
     let name_end = rest.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/')?;
     rest = &rest[name_end..];
+    let mut found = None;
     loop {
         rest = rest.trim_start();
         if rest.is_empty() || rest.starts_with('>') || rest.starts_with('/') {
-            return None;
+            return found;
         }
         let eq = rest.find('=')?;
         let name = rest[..eq].trim_end();
@@ -346,10 +340,44 @@ fn default_namespace(raw: &[u8]) -> Option<String> {
         let end = rest[1..].find(quote)?;
         let value = &rest[1..1 + end];
         if name == "xmlns" {
-            return Some(value.to_string());
+            if found.is_some() {
+                // Declared twice: not well-formed XML; never guess which one counts.
+                return Some(Err(()));
+            }
+            found = Some(decode_references(value).ok_or(()));
         }
         rest = &rest[end + 2..];
     }
+}
+
+/// Expand the five predefined entities and character references in an attribute value.
+fn decode_references(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let semi = rest[amp..].find(';')? + amp;
+        let name = &rest[amp + 1..semi];
+        let decoded = match name {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "apos" => '\'',
+            "quot" => '"',
+            _ => {
+                let code = if let Some(hex) = name.strip_prefix("#x") {
+                    u32::from_str_radix(hex, 16).ok()?
+                } else {
+                    name.strip_prefix('#')?.parse().ok()?
+                };
+                char::from_u32(code)?
+            }
+        };
+        out.push(decoded);
+        rest = &rest[semi + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 #[cfg(test)]
