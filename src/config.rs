@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// Seconds the broker waits for sessions to close on shutdown before it exits anyway.
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Runtime worker threads; 0 = one per CPU core.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
