@@ -350,12 +350,29 @@ fn default_namespace(raw: &[u8]) -> Option<Result<String, ()>> {
     }
 }
 
-/// Expand the five predefined entities and character references in an attribute value.
+/// An attribute value as an XML parser reports it (XML 1.0 section 3.3.3): literal line breaks
+/// and tabs become spaces (`\r\n` counting as one), the five predefined entities and character
+/// references are expanded, and what references produce is kept as is.
 fn decode_references(value: &str) -> Option<String> {
+    fn push_literal(out: &mut String, literal: &str) {
+        let mut chars = literal.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' => {
+                    if chars.peek() == Some(&'\n') {
+                        chars.next();
+                    }
+                    out.push(' ');
+                }
+                '\n' | '\t' => out.push(' '),
+                other => out.push(other),
+            }
+        }
+    }
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
+        push_literal(&mut out, &rest[..amp]);
         let semi = rest[amp..].find(';')? + amp;
         let name = &rest[amp + 1..semi];
         let decoded = match name {
@@ -376,7 +393,7 @@ fn decode_references(value: &str) -> Option<String> {
         out.push(decoded);
         rest = &rest[semi + 1..];
     }
-    out.push_str(rest);
+    push_literal(&mut out, rest);
     Some(out)
 }
 
@@ -513,6 +530,24 @@ mod tests {
         assert!(tiny.len() < FramerLimits::default().max_stanza_bytes);
         let err = frames(&mut framer, tiny.as_bytes()).unwrap_err();
         assert_eq!(err.condition(), "policy-violation");
+    }
+
+    #[test]
+    fn header_namespace_is_normalised_like_the_parser_does() {
+        // Found by fuzzing: a raw CRLF in the value is one space to the parser.
+        assert_eq!(
+            decode_references("j\r\naclient").as_deref(),
+            Some("j aclient")
+        );
+        assert_eq!(
+            decode_references("a\tb\nc&#10;d").as_deref(),
+            Some("a b c\nd")
+        );
+        assert_eq!(
+            decode_references("jabber&#58;client").as_deref(),
+            Some("jabber:client")
+        );
+        assert_eq!(decode_references("x&bogus;"), None);
     }
 
     #[test]
