@@ -135,7 +135,10 @@ const ROOMY: FramerLimits = FramerLimits {
 /// 72-byte `Attr`, ~15x (regressions/framer-memory-15x-attributes).
 fn memory_bound(limits: &FramerLimits) -> usize {
     if strict() {
-        2 * limits.max_stanza_bytes + 24 * 1024
+        // The stanza's bytes (twice: rxml's token scratch and the tree's strings), each node's
+        // bookkeeping (an `Element` or `Attr` with its `Vec`s and names, about 160 bytes), and
+        // the parser itself.
+        2 * limits.max_stanza_bytes + limits.max_nodes * 160 + 16 * 1024
     } else {
         24 * limits.max_stanza_bytes + 64 * 1024
     }
