@@ -181,6 +181,16 @@ impl Router {
             None
         };
         let is_request = iq_type.is_some_and(IqType::is_request);
+        // A CPE's answer to a pending request goes to the requester, whatever its `to` says
+        // (some devices leave `to` out or address the server).
+        let stanza = if sender.role == Role::Cpe && kind == Some(Kind::Iq) && !is_request {
+            match self.take_pending_answer(sender, stanza) {
+                Ok(()) => return Ok(None),
+                Err(stanza) => stanza,
+            }
+        } else {
+            stanza
+        };
         let to_attr = stanza.attr("to").map(str::to_owned);
         let to = match to_attr.as_deref().map(JidRef::parse) {
             None => None,
@@ -225,7 +235,7 @@ impl Router {
             (Target::Acs, role) => {
                 let Some(to) = to else { return Err(stanza) };
                 if role == Role::Cpe && !is_request && kind == Some(Kind::Iq) {
-                    self.relay_answer(sender, stanza);
+                    self.drop_unmatched_answer(sender, &stanza);
                     return Ok(None);
                 }
                 let destination = if self.is_component_domain(to.domain) {
@@ -328,16 +338,19 @@ impl Router {
         }
     }
 
-    /// CPE -> ACS IQ result/error: deliver to the connection that asked, with its id restored.
-    fn relay_answer(&self, cpe: &Arc<SessionHandle>, mut answer: Element) {
+    /// A CPE's IQ result/error for one of its pending requests: deliver it to the connection that
+    /// asked, with the ACS's id and address restored. Hands the stanza back when it answers nothing.
+    fn take_pending_answer(
+        &self,
+        cpe: &Arc<SessionHandle>,
+        mut answer: Element,
+    ) -> Result<(), Element> {
         let request = answer
             .attr("id")
             .and_then(pending::parse_wire_id)
             .and_then(|id| self.pending.complete(cpe.conn_id, id));
         let Some(request) = request else {
-            Stats::bump(&self.stats.answers_late_or_unknown);
-            tracing::debug!(target: REQUEST_LOG, cpe = %cpe.jid, id = ?answer.attr("id"), "late or unknown answer dropped");
-            return;
+            return Err(answer);
         };
         let is_error = answer.attr("type") == Some("error");
         if is_error {
@@ -356,6 +369,14 @@ impl Router {
         answer.set_attr("id", request.acs_id.as_str());
         answer.set_attr("to", request.acs_jid.as_str());
         self.deliver_to_acs(&request.acs, answer);
+        Ok(())
+    }
+
+    /// A CPE's IQ result/error to an ACS entity that answers nothing pending: late (after the
+    /// broker answered) or unknown. Dropped and counted, never delivered.
+    fn drop_unmatched_answer(&self, cpe: &SessionHandle, answer: &Element) {
+        Stats::bump(&self.stats.answers_late_or_unknown);
+        tracing::debug!(target: REQUEST_LOG, cpe = %cpe.jid, id = ?answer.attr("id"), "late or unknown answer dropped");
     }
 
     fn deliver_to_acs(&self, acs: &SessionHandle, stanza: Element) {

@@ -337,3 +337,39 @@ async fn two_hundred_concurrent_requests_to_fifty_cpes_get_matching_answers() {
         cpe.abort();
     }
 }
+
+#[tokio::test]
+async fn cpe_answer_without_to_still_reaches_the_requester() {
+    // Some devices answer without a `to` (or address the server): the answer belongs to the
+    // pending request, so it goes to the ACS that asked.
+    let broker = TestBroker::start().await;
+    let (mut cpe, jid) = RawPeer::login(
+        broker.addr(STARTTLS),
+        "cpe-0012",
+        "pw-cpe-0012",
+        Some("cwmp"),
+    )
+    .await;
+    let mut acs = RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
+    acs.expect_handshake_ok().await;
+    for (id, to) in [("no-to", ""), ("to-server", " to='example.net'")] {
+        acs.send(&connection_request(
+            id,
+            &jid,
+            Some(COMPONENT_DOMAIN),
+            "u",
+            "p",
+        ))
+        .await;
+        let request = cpe.element().await;
+        let wire = request.attr("id").unwrap();
+        cpe.send(&format!("<iq type='result' id='{wire}'{to}/>"))
+            .await;
+        let answer = acs.element().await;
+        assert_eq!(
+            (answer.attr("id"), answer.attr("type")),
+            (Some(id), Some("result"))
+        );
+        assert_eq!(answer.attr("from"), Some(jid.as_str()));
+    }
+}
