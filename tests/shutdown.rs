@@ -98,3 +98,68 @@ async fn broker_refuses_a_bad_config_with_file_line_and_key() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("bad.toml:3: bogus_key:"));
 }
+
+/// The first signal waits (up to the bound) for connections to close; a second one exits at once.
+/// An ACS that stops reading keeps its connection's task stuck in a write, so the graceful
+/// shutdown cannot finish by itself here.
+#[tokio::test]
+async fn second_signal_exits_at_once() {
+    let options = TestOptions {
+        shutdown_timeout_secs: 60,
+        stuck_session_grace_secs: 60,
+        ..TestOptions::default()
+    };
+    let (mut running, addrs) = start_binary(&config_text(&options));
+    for addr in &addrs {
+        wait_listening(*addr).await;
+    }
+    let mut acs = RawPeer::component(addrs[4], COMPONENT_DOMAIN, COMPONENT_SECRET).await;
+    acs.expect_handshake_ok().await;
+    // Requests to an offline CPE are answered at once; the ACS never reads the answers.
+    let request = connection_request(
+        "x",
+        "nobody@example.net/cwmp",
+        Some(COMPONENT_DOMAIN),
+        "u",
+        "p",
+    );
+    let flood: Vec<u8> = request.repeat(2_000).into_bytes();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            if acs.try_send(&flood).await.is_err() {
+                break;
+            }
+        }
+        // Keep the connection open (and unread) until the test ends.
+        std::future::pending::<()>().await;
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = running.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "graceful shutdown is still waiting for the stuck connection"
+    );
+    let second = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(3),
+            "second signal did not end the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+}
