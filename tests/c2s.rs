@@ -150,13 +150,7 @@ async fn mechanisms_offered_after_tls_follow_the_listener_config() {
 #[tokio::test]
 async fn resource_is_kept_or_derived_from_the_username() {
     let broker = TestBroker::start().await;
-    let (_a, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0005",
-        "pw-cpe-0005",
-        Some("cwmp"),
-    )
-    .await;
+    let (_a, jid) = broker.cpe("cpe-0005").await;
     assert_eq!(jid, "cpe-0005@example.net/cwmp");
     let (_b, jid) = RawPeer::login(broker.addr(STARTTLS), "cpe-0006", "pw-cpe-0006", None).await;
     assert_eq!(jid, "cpe-0006@example.net/cpe-0006");
@@ -172,13 +166,7 @@ async fn resource_is_kept_or_derived_from_the_username() {
 #[tokio::test]
 async fn session_presence_roster_ping_and_whitespace_keep_the_session() {
     let broker = TestBroker::start().await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0008",
-        "pw-cpe-0008",
-        Some("cwmp"),
-    )
-    .await;
+    let (mut cpe, jid) = broker.cpe("cpe-0008").await;
     cpe.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
         .await;
     let reply = cpe.element().await;
@@ -226,13 +214,7 @@ async fn forged_from_ends_the_stream_with_invalid_from_and_is_not_delivered() {
     let broker = TestBroker::start().await;
     let (mut acs, _) =
         RawPeer::login(broker.addr(STARTTLS), ACS_USER, ACS_PASSWORD, Some("acs")).await;
-    let (mut cpe, _) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0009",
-        "pw-cpe-0009",
-        Some("cwmp"),
-    )
-    .await;
+    let (mut cpe, _) = broker.cpe("cpe-0009").await;
     cpe.send("<message to='acs@example.net/acs' from='cpe-0010@example.net/cwmp'><body>forged</body></message>").await;
     cpe.expect_stream_error("invalid-from").await;
     // The ACS got nothing: its next element is the answer to its own ping.
@@ -244,13 +226,7 @@ async fn forged_from_ends_the_stream_with_invalid_from_and_is_not_delivered() {
 #[tokio::test]
 async fn second_login_with_the_same_full_jid_gets_the_routing_and_the_old_stream_conflict() {
     let broker = TestBroker::start().await;
-    let (mut old, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0011",
-        "pw-cpe-0011",
-        Some("cwmp"),
-    )
-    .await;
+    let (mut old, jid) = broker.cpe("cpe-0011").await;
     let (client, new_jid) = peers::client(
         broker.addr(STARTTLS),
         "cpe-0011@example.net/cwmp",

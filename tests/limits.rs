@@ -17,13 +17,7 @@ struct Witness {
 
 impl Witness {
     async fn new(broker: &TestBroker) -> Witness {
-        let (cpe, cpe_jid) = RawPeer::login(
-            broker.addr(STARTTLS),
-            "cpe-0063",
-            "pw-cpe-0063",
-            Some("cwmp"),
-        )
-        .await;
+        let (cpe, cpe_jid) = broker.cpe("cpe-0063").await;
         let mut acs =
             RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
         acs.expect_handshake_ok().await;

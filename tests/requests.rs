@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 use tokio_xmpp_component::parsers::iq::Iq;
 use tokio_xmpp_component::Stanza;
 
-async fn raw_acs(broker: &TestBroker) -> RawPeer {
-    let mut acs = RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
-    acs.expect_handshake_ok().await;
-    acs
-}
-
 /// Read `n` connection requests on a raw CPE; returns the wire ids the broker used.
 async fn receive_requests(cpe: &mut RawPeer, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -49,14 +43,8 @@ async fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
         ..TestOptions::default()
     })
     .await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0001",
-        "pw-cpe-0001",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = raw_acs(&broker).await;
+    let (mut cpe, jid) = broker.cpe("cpe-0001").await;
+    let mut acs = broker.raw_acs().await;
     let sent = Instant::now();
     acs.send(&connection_request(
         "slow",
@@ -97,14 +85,8 @@ async fn reset_with_pending(pending: usize) {
         ..TestOptions::default()
     })
     .await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0002",
-        "pw-cpe-0002",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = raw_acs(&broker).await;
+    let (mut cpe, jid) = broker.cpe("cpe-0002").await;
+    let mut acs = broker.raw_acs().await;
     for i in 0..pending {
         acs.send(&connection_request(
             &format!("r{i}"),
@@ -156,14 +138,8 @@ async fn cpe_reset_with_twenty_requests_pending_answers_all_at_once() {
 #[tokio::test]
 async fn replaced_cpe_session_answers_its_pending_requests() {
     let broker = TestBroker::start().await;
-    let (mut old, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0003",
-        "pw-cpe-0003",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = raw_acs(&broker).await;
+    let (mut old, jid) = broker.cpe("cpe-0003").await;
+    let mut acs = broker.raw_acs().await;
     for i in 0..3 {
         acs.send(&connection_request(
             &format!("old{i}"),
@@ -175,13 +151,7 @@ async fn replaced_cpe_session_answers_its_pending_requests() {
         .await;
     }
     receive_requests(&mut old, 3).await;
-    let (_new, new_jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0003",
-        "pw-cpe-0003",
-        Some("cwmp"),
-    )
-    .await;
+    let (_new, new_jid) = broker.cpe("cpe-0003").await;
     assert_eq!(jid, new_jid);
     for _ in 0..3 {
         let answer = acs.element().await;
@@ -196,15 +166,9 @@ async fn replaced_cpe_session_answers_its_pending_requests() {
 #[tokio::test]
 async fn two_component_connections_each_get_their_own_answers() {
     let broker = TestBroker::start().await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0004",
-        "pw-cpe-0004",
-        Some("cwmp"),
-    )
-    .await;
-    let mut a = raw_acs(&broker).await;
-    let mut b = raw_acs(&broker).await;
+    let (mut cpe, jid) = broker.cpe("cpe-0004").await;
+    let mut a = broker.raw_acs().await;
+    let mut b = broker.raw_acs().await;
     // Both ACS nodes use the same id: the broker keeps them apart.
     a.send(&connection_request(
         "same",
@@ -291,15 +255,9 @@ async fn two_component_connections_each_get_their_own_answers() {
 #[tokio::test]
 async fn unsolicited_stanzas_for_a_component_domain_reach_one_live_connection() {
     let broker = TestBroker::start().await;
-    let (mut cpe, _) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0005",
-        "pw-cpe-0005",
-        Some("cwmp"),
-    )
-    .await;
-    let mut a = raw_acs(&broker).await;
-    let b = raw_acs(&broker).await;
+    let (mut cpe, _) = broker.cpe("cpe-0005").await;
+    let mut a = broker.raw_acs().await;
+    let b = broker.raw_acs().await;
     drop(b);
     eventually("component B detached", || {
         broker.stat("sessions_online") == 2
@@ -336,7 +294,7 @@ async fn request_to_a_bare_jid_reaches_the_most_recently_bound_session() {
         Some("two"),
     )
     .await;
-    let mut acs = raw_acs(&broker).await;
+    let mut acs = broker.raw_acs().await;
     acs.send(&connection_request(
         "bare",
         "cpe-0006@example.net",
@@ -367,14 +325,8 @@ async fn per_cpe_limit_answers_resource_constraint_at_once() {
         ..TestOptions::default()
     })
     .await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0007",
-        "pw-cpe-0007",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = raw_acs(&broker).await;
+    let (mut cpe, jid) = broker.cpe("cpe-0007").await;
+    let mut acs = broker.raw_acs().await;
     for i in 0..3 {
         acs.send(&connection_request(
             &format!("l{i}"),
@@ -420,13 +372,7 @@ async fn stuck_cpe_does_not_hurt_others_and_every_request_is_answered() {
     })
     .await;
     // The stuck CPE logs in and then never reads again.
-    let (_stuck, stuck_jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0008",
-        "pw-cpe-0008",
-        Some("cwmp"),
-    )
-    .await;
+    let (_stuck, stuck_jid) = broker.cpe("cpe-0008").await;
     let (healthy_client, healthy_jid) = peers::client(
         broker.addr(STARTTLS),
         "cpe-0009@example.net/cwmp",

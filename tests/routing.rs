@@ -70,8 +70,7 @@ async fn connection_request_success_through_a_component() {
 async fn cpe_not_authorized_is_relayed_verbatim_with_the_echoed_request() {
     let broker = TestBroker::start().await;
     let (cpe, jid) = online_cpe(&broker, 2).await;
-    let mut acs = RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
-    acs.expect_handshake_ok().await;
+    let mut acs = broker.raw_acs().await;
     acs.send(&connection_request(
         "cr-bad",
         &jid,
@@ -115,15 +114,8 @@ async fn cpe_not_authorized_is_relayed_verbatim_with_the_echoed_request() {
 async fn odd_cpe_errors_are_relayed_verbatim() {
     // icwmp writes `not-autorized`: the broker does not judge, the ACS does.
     let broker = TestBroker::start().await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0003",
-        "pw-cpe-0003",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
-    acs.expect_handshake_ok().await;
+    let (mut cpe, jid) = broker.cpe("cpe-0003").await;
+    let mut acs = broker.raw_acs().await;
     acs.send(&connection_request(
         "odd",
         &jid,
@@ -231,20 +223,8 @@ async fn acs_client_account_sends_a_connection_request_like_genieacs() {
 #[tokio::test]
 async fn cpe_to_cpe_is_refused_and_not_delivered() {
     let broker = TestBroker::start().await;
-    let (mut a, _) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0008",
-        "pw-cpe-0008",
-        Some("cwmp"),
-    )
-    .await;
-    let (mut b, b_jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0009",
-        "pw-cpe-0009",
-        Some("cwmp"),
-    )
-    .await;
+    let (mut a, _) = broker.cpe("cpe-0008").await;
+    let (mut b, b_jid) = broker.cpe("cpe-0009").await;
     a.send(&connection_request("evil", &b_jid, None, "u", "p"))
         .await;
     let refused = a.element().await;
@@ -343,15 +323,8 @@ async fn cpe_answer_without_to_still_reaches_the_requester() {
     // Some devices answer without a `to` (or address the server): the answer belongs to the
     // pending request, so it goes to the ACS that asked.
     let broker = TestBroker::start().await;
-    let (mut cpe, jid) = RawPeer::login(
-        broker.addr(STARTTLS),
-        "cpe-0012",
-        "pw-cpe-0012",
-        Some("cwmp"),
-    )
-    .await;
-    let mut acs = RawPeer::component(broker.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
-    acs.expect_handshake_ok().await;
+    let (mut cpe, jid) = broker.cpe("cpe-0012").await;
+    let mut acs = broker.raw_acs().await;
     for (id, to) in [("no-to", ""), ("to-server", " to='example.net'")] {
         acs.send(&connection_request(
             id,

@@ -56,13 +56,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for RecordCork<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            // Deliver a complete record first.
-            if this.missing() == Some(0) {
-                let rest = &this.record[this.delivered..];
-                let n = rest.len().min(buf.remaining());
-                buf.put_slice(&rest[..n]);
-                this.delivered += n;
-                if this.delivered == this.record.len() {
+            // Deliver a complete record first; an oversized one as soon as its header is in,
+            // so rustls rejects it with the proper alert.
+            let oversized = this.record.len() >= HEADER_LEN
+                && u16::from_be_bytes([this.record[3], this.record[4]]) as usize > MAX_RECORD_BODY;
+            if this.missing() == Some(0) || oversized {
+                if super::copy_out(&this.record, &mut this.delivered, buf) && !oversized {
                     this.record.clear();
                     this.delivered = 0;
                 }
@@ -72,32 +71,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for RecordCork<S> {
                 None => HEADER_LEN - this.record.len(),
                 Some(missing) => missing,
             };
-            if this.record.len() >= HEADER_LEN {
-                let body = u16::from_be_bytes([this.record[3], this.record[4]]) as usize;
-                if body > MAX_RECORD_BODY {
-                    // Let rustls see the header and reject it with the proper alert.
-                    let rest = &this.record[this.delivered..];
-                    let n = rest.len().min(buf.remaining());
-                    buf.put_slice(&rest[..n]);
-                    this.delivered += n;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            let start = this.record.len();
-            this.record.resize(start + want, 0);
-            let mut read_buf = ReadBuf::new(&mut this.record[start..]);
-            let result = Pin::new(&mut this.inner).poll_read(cx, &mut read_buf);
-            let n = read_buf.filled().len();
-            this.record.truncate(start + n);
-            ready!(result)?;
-            if n == 0 {
+            if ready!(super::poll_append(
+                &mut this.inner,
+                cx,
+                &mut this.record,
+                want
+            ))? == 0
+            {
                 // EOF: hand over whatever there is; rustls reports the truncation.
-                if this.record.len() > this.delivered {
-                    let rest = &this.record[this.delivered..];
-                    let k = rest.len().min(buf.remaining());
-                    buf.put_slice(&rest[..k]);
-                    this.delivered += k;
-                }
+                super::copy_out(&this.record, &mut this.delivered, buf);
                 return Poll::Ready(Ok(()));
             }
         }

@@ -7,6 +7,35 @@ pub mod record;
 
 pub use record::TlsSession;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Read up to `want` more bytes from `io` onto the end of `buf`; the number read (0 = EOF).
+/// `buf` only ever grows by what was read, so a pending read loses nothing.
+fn poll_append<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Poll<std::io::Result<usize>> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut read_buf = ReadBuf::new(&mut buf[start..]);
+    let result = Pin::new(io).poll_read(cx, &mut read_buf);
+    let n = read_buf.filled().len();
+    buf.truncate(start + n);
+    result.map_ok(|()| n)
+}
+
+/// Copy what `buf` can take of `src[*pos..]` into it, advancing `pos`; true when `src` is used up.
+fn copy_out(src: &[u8], pos: &mut usize, buf: &mut ReadBuf<'_>) -> bool {
+    let n = (src.len() - *pos).min(buf.remaining());
+    buf.put_slice(&src[*pos..*pos + n]);
+    *pos += n;
+    *pos == src.len()
+}
+
 use crate::config::{Config, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;

@@ -325,10 +325,7 @@ impl AsyncRead for TlsSession {
         let this = &mut *self;
         loop {
             if this.plain_pos < this.plain.len() {
-                let n = (this.plain.len() - this.plain_pos).min(buf.remaining());
-                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
-                this.plain_pos += n;
-                if this.plain_pos == this.plain.len() {
+                if super::copy_out(&this.plain, &mut this.plain_pos, buf) {
                     this.plain = Vec::new();
                     this.plain_pos = 0;
                 }
@@ -357,14 +354,8 @@ impl AsyncRead for TlsSession {
                 return Poll::Ready(Err(bad_record("bad TLS record header")));
             }
             if this.body.len() < len {
-                let start = this.body.len();
-                this.body.resize(len, 0);
-                let mut body_buf = ReadBuf::new(&mut this.body[start..]);
-                let result = Pin::new(&mut this.tcp).poll_read(cx, &mut body_buf);
-                let n = body_buf.filled().len();
-                this.body.truncate(start + n);
-                ready!(result)?;
-                if n == 0 {
+                let want = len - this.body.len();
+                if ready!(super::poll_append(&mut this.tcp, cx, &mut this.body, want))? == 0 {
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
                 continue;

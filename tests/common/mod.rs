@@ -251,6 +251,18 @@ impl TestBroker {
         }
     }
 
+    /// A raw CPE logged in on the STARTTLS listener as `user` (password `pw-<user>`), resource `cwmp`.
+    pub async fn cpe(&self, user: &str) -> (RawPeer, String) {
+        RawPeer::login(self.addr(STARTTLS), user, &cpe_password(user), Some("cwmp")).await
+    }
+
+    /// A raw XEP-0114 component for the ACS domain, handshaken.
+    pub async fn raw_acs(&self) -> RawPeer {
+        let mut acs = RawPeer::component(self.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
+        acs.expect_handshake_ok().await;
+        acs
+    }
+
     pub fn kind_addr(&self, kind: ListenerKind) -> std::net::SocketAddr {
         self.broker.as_ref().unwrap().c2s_addr(kind).unwrap()
     }
