@@ -85,7 +85,7 @@ impl Context {
 pub struct ListenerSettings {
     pub kind: ListenerKind,
     pub mechanisms: Vec<Mechanism>,
-    pub tls: tokio_rustls::TlsAcceptor,
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
 pub fn mechanism(name: SaslMechanismName) -> Mechanism {

@@ -117,10 +117,8 @@ impl Broker {
                     .copied()
                     .map(context::mechanism)
                     .collect(),
-                tls: tokio_rustls::TlsAcceptor::from(
-                    identity
-                        .server_config(&listener_config.tls_versions, config.tls.session_tickets)?,
-                ),
+                tls: identity
+                    .server_config(&listener_config.tls_versions, config.tls.session_tickets)?,
             });
             tracing::info!(%address, kind = ?listener_config.kind, "c2s listener ready");
             c2s_addrs.push((listener_config.kind, address));

@@ -49,6 +49,11 @@ counters! {
     /// Stanzas refused by the routing policy (e.g. CPE to CPE).
     stanzas_refused,
     stream_errors_sent,
+    /// Connections ended by a TLS error: a fatal alert from the peer, or a record or message
+    /// rustls refused (it sent its alert). Not counted: a clean close_notify.
+    tls_errors,
+    /// Connections whose peer closed TLS cleanly with close_notify.
+    tls_close_notify,
     sessions_replaced,
     sessions_stuck_closed,
 }

@@ -15,6 +15,7 @@ use crate::listener::ConnectionGuard;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
+use crate::tls::TlsStream;
 use crate::xml::{ns, writer, Element, Frame, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ pub async fn serve(
                 }
                 ListenerKind::DirectTls => tcp,
             };
-            let handshake = crate::tls::accept(&listener.tls, tcp);
+            let handshake = TlsStream::accept(listener.tls.clone(), tcp, ctx.stats.clone());
             let tls = match tokio::time::timeout_at(deadline, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -91,7 +92,7 @@ pub async fn serve(
     .await
 }
 
-type TlsConn = Conn<crate::tls::TlsSession>;
+type TlsConn = Conn<TlsStream>;
 
 /// TLS is up: SASL and bind under the same deadline.
 async fn after_tls(

@@ -1,40 +1,11 @@
 //! TLS: the rustls server configuration (ECDSA certificates, stateless session tickets, TLS
 //! 1.2/1.3 only), the self-signed development certificate created on first start, and the
-//! hand-over from the rustls handshake to the broker's own record layer ([`record`]).
+//! session's TLS stream ([`stream`]): rustls's unbuffered connection, whose buffers the broker
+//! owns and releases while a session idles. All of TLS is rustls's; no code here touches records.
 
-pub mod cork;
-pub mod record;
+pub mod stream;
 
-pub use record::TlsSession;
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, ReadBuf};
-
-/// Read up to `want` more bytes from `io` onto the end of `buf`; the number read (0 = EOF).
-/// `buf` only ever grows by what was read, so a pending read loses nothing.
-fn poll_append<R: AsyncRead + Unpin>(
-    io: &mut R,
-    cx: &mut Context<'_>,
-    buf: &mut Vec<u8>,
-    want: usize,
-) -> Poll<std::io::Result<usize>> {
-    let start = buf.len();
-    buf.resize(start + want, 0);
-    let mut read_buf = ReadBuf::new(&mut buf[start..]);
-    let result = Pin::new(io).poll_read(cx, &mut read_buf);
-    let n = read_buf.filled().len();
-    buf.truncate(start + n);
-    result.map_ok(|()| n)
-}
-
-/// Copy what `buf` can take of `src[*pos..]` into it, advancing `pos`; true when `src` is used up.
-fn copy_out(src: &[u8], pos: &mut usize, buf: &mut ReadBuf<'_>) -> bool {
-    let n = (src.len() - *pos).min(buf.remaining());
-    buf.put_slice(&src[*pos..*pos + n]);
-    *pos += n;
-    *pos == src.len()
-}
+pub use stream::TlsStream;
 
 use crate::config::{Config, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -123,8 +94,6 @@ impl Identity {
             server_config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         }
         server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        // After the handshake the broker runs the record layer itself (see `record`).
-        server_config.enable_secret_extraction = true;
         Ok(Arc::new(server_config))
     }
 }
@@ -191,34 +160,4 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
-}
-
-/// Run the TLS handshake on `tcp` with rustls, then take the keys out and continue with the
-/// broker's own record layer, which holds no buffers while the session idles.
-pub async fn accept(
-    acceptor: &tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-) -> std::io::Result<TlsSession> {
-    use std::io::Read;
-    let tls = acceptor.accept(cork::RecordCork::new(tcp)).await?;
-    let (cork, mut connection) = tls.into_inner();
-    // Application data rustls decrypted along with the last handshake records.
-    let mut plaintext = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match connection.reader().read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    let version = connection
-        .protocol_version()
-        .ok_or_else(|| std::io::Error::other("TLS handshake incomplete"))?;
-    let secrets = connection
-        .dangerous_extract_secrets()
-        .map_err(std::io::Error::other)?;
-    let (tcp, pending) = cork.into_parts();
-    TlsSession::new(tcp, version, secrets, pending, plaintext)
 }
