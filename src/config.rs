@@ -212,10 +212,10 @@ pub struct LimitsConfig {
     #[serde(default = "defaults::auth_attempts_per_connection")]
     pub auth_attempts_per_connection: u32,
     /// Most unauthenticated connections from one IP address at once (0 = no cap).
-    #[serde(default)]
+    #[serde(default = "defaults::max_pre_auth_per_ip")]
     pub max_pre_auth_per_ip: usize,
     /// Most unauthenticated connections in all (0 = no cap).
-    #[serde(default)]
+    #[serde(default = "defaults::max_pre_auth_total")]
     pub max_pre_auth_total: usize,
     /// Most connections (sessions) in all (0 = no cap).
     #[serde(default)]
@@ -250,6 +250,13 @@ mod defaults {
     }
     pub fn tls_versions() -> Vec<TlsVersion> {
         vec![TlsVersion::Tls12, TlsVersion::Tls13]
+    }
+    /// See config.toml for how these two were chosen.
+    pub fn max_pre_auth_per_ip() -> usize {
+        256
+    }
+    pub fn max_pre_auth_total() -> usize {
+        20_000
     }
     pub fn max_stanza_bytes() -> usize {
         16 * 1024

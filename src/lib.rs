@@ -6,6 +6,7 @@
 //! `architecture.md` at the repository root walks through the modules.
 
 pub mod auth;
+pub mod caps;
 pub mod config;
 pub mod context;
 pub mod jid;
@@ -21,9 +22,10 @@ pub mod tls;
 pub mod xml;
 
 use crate::auth::AccountStore;
+use crate::caps::ConnectionCaps;
 use crate::config::{Config, ListenerKind};
 use crate::context::{Context, ListenerSettings};
-use crate::listener::{accept_loop, ConnectionCaps, Service};
+use crate::listener::{accept_loop, Service};
 use crate::ops::metrics::Stats;
 use crate::pending::PendingTable;
 use crate::proto::stanza::ErrorType;

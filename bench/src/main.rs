@@ -7,6 +7,7 @@
 mod acs;
 mod cpe;
 mod genconfig;
+mod preauth;
 mod procstat;
 mod report;
 mod tls;
@@ -39,6 +40,8 @@ enum Command {
     GenConfig(GenConfigArgs),
     /// Log in N CPEs, measure, send connection requests, close everything, report.
     Run(Box<RunArgs>),
+    /// Hold N unauthenticated connections at one stage of a login; report broker RSS per connection.
+    PreAuthMemory(PreAuthMemoryArgs),
     /// Print a side-by-side table of JSON reports (ratios against the first).
     Table {
         /// JSON report files written by `run --json-out` (the first is the baseline).
@@ -69,6 +72,28 @@ struct GenConfigArgs {
     direct_tls_port: u16,
     #[arg(long, default_value_t = 15347)]
     component_port: u16,
+}
+
+#[derive(Args)]
+struct PreAuthMemoryArgs {
+    /// Listener to connect to: direct TLS for `record`, STARTTLS for `proceed`. Loopback only.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Connections to hold.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, value_enum, default_value = "record")]
+    stage: preauth::Stage,
+    /// `record` stage: the body length the TLS record header announces.
+    #[arg(long, default_value_t = 16)]
+    announce: u16,
+    #[arg(long, default_value = "example.net")]
+    domain: String,
+    #[arg(long)]
+    broker_pid: u32,
+    /// Seconds to wait before each RSS sample.
+    #[arg(long, default_value_t = 1.0)]
+    settle_secs: f64,
 }
 
 #[derive(Args)]
@@ -145,7 +170,52 @@ fn main() -> ExitCode {
     match cli.command {
         Command::GenConfig(args) => gen_config(args),
         Command::Run(args) => run(*args),
+        Command::PreAuthMemory(args) => pre_auth_memory(args),
         Command::Table { files } => table(&files),
+    }
+}
+
+fn pre_auth_memory(a: PreAuthMemoryArgs) -> ExitCode {
+    if !a.addr.ip().is_loopback() {
+        eprintln!("crbroker-bench: {} is not a loopback address", a.addr);
+        return ExitCode::from(2);
+    }
+    procstat::raise_nofile_limit();
+    let args = preauth::PreAuthArgs {
+        addr: a.addr,
+        connections: a.connections,
+        stage: a.stage,
+        announce: a.announce,
+        domain: a.domain,
+        broker_pid: a.broker_pid,
+        settle: Duration::from_secs_f64(a.settle_secs),
+    };
+    let (stage, announce) = (args.stage, args.announce);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(preauth::run(args)) {
+        Ok(result) => {
+            let what = match stage {
+                preauth::Stage::Record => {
+                    format!("TLS record header announcing {announce} bytes + 1 byte")
+                }
+                preauth::Stage::Proceed => "held after <proceed/>, no TLS byte".to_string(),
+            };
+            println!(
+                "pre-auth memory: {} connections ({what}): broker RSS {} -> {} KiB, {:.2} KiB per connection",
+                result.held,
+                result.rss_before_kib,
+                result.rss_held_kib,
+                result.kib_per_connection()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crbroker-bench pre-auth-memory: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

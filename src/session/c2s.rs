@@ -8,10 +8,10 @@
 
 use super::ready::{self, Ending};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, Transport};
+use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
-use crate::listener::ConnectionGuard;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
@@ -20,15 +20,14 @@ use crate::xml::{ns, writer, Element, Frame, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 /// Why negotiation stopped; the stream error (if any) has been sent.
 #[derive(Debug)]
 struct Refused;
 
-pub async fn serve(
-    tcp: TcpStream,
+pub async fn serve<S: Transport + Send + 'static>(
+    tcp: S,
     peer: SocketAddr,
     conn_id: u64,
     listener: Arc<ListenerSettings>,
@@ -38,7 +37,6 @@ pub async fn serve(
     let span =
         tracing::debug_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
         let mut shutdown = ctx.shutdown.clone();
         let negotiation = async {
@@ -92,16 +90,16 @@ pub async fn serve(
     .await
 }
 
-type TlsConn = Conn<TlsStream>;
+type TlsConn<S> = Conn<TlsStream<S>>;
 
 /// TLS is up: SASL and bind under the same deadline.
-async fn after_tls(
-    mut conn: TlsConn,
+async fn after_tls<S: Transport>(
+    mut conn: TlsConn<S>,
     conn_id: u64,
     deadline: tokio::time::Instant,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Option<(TlsConn, Arc<SessionHandle>, String)> {
+) -> Option<(TlsConn<S>, Arc<SessionHandle>, String)> {
     match tokio::time::timeout_at(
         deadline,
         authenticate_and_bind(&mut conn, conn_id, listener, ctx),
@@ -118,8 +116,8 @@ async fn after_tls(
     }
 }
 
-async fn finish(
-    conn: &mut TlsConn,
+async fn finish<S: Transport>(
+    conn: &mut TlsConn<S>,
     handle: &Arc<SessionHandle>,
     bare: &str,
     ctx: &Context,
@@ -211,7 +209,7 @@ async fn send_str<S: Transport>(conn: &mut Conn<S>, text: &str) -> Result<(), Re
     conn.send_raw(text.as_bytes()).await.map_err(|_| Refused)
 }
 
-async fn starttls(conn: &mut Conn<TcpStream>, ctx: &Context) -> Result<(), Refused> {
+async fn starttls<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result<(), Refused> {
     open_stream(conn, ctx).await?;
     send_str(
         conn,
@@ -258,8 +256,8 @@ async fn next_element<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result
     }
 }
 
-async fn authenticate_and_bind(
-    conn: &mut TlsConn,
+async fn authenticate_and_bind<S: Transport>(
+    conn: &mut TlsConn<S>,
     conn_id: u64,
     listener: &ListenerSettings,
     ctx: &Context,
@@ -286,8 +284,8 @@ async fn authenticate_and_bind(
     bind(conn, conn_id, &username, ctx).await
 }
 
-async fn sasl_exchange(
-    conn: &mut TlsConn,
+async fn sasl_exchange<S: Transport>(
+    conn: &mut TlsConn<S>,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Result<String, Refused> {
@@ -407,8 +405,8 @@ async fn sasl_exchange(
     }
 }
 
-async fn bind(
-    conn: &mut TlsConn,
+async fn bind<S: Transport>(
+    conn: &mut TlsConn<S>,
     conn_id: u64,
     username: &str,
     ctx: &Context,

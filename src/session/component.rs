@@ -4,8 +4,8 @@
 use super::c2s::{header_problem, refuse_on_error};
 use super::ready;
 use super::{new_stream_id, Conn, Role, SessionHandle};
+use crate::caps::ConnectionGuard;
 use crate::context::Context;
-use crate::listener::ConnectionGuard;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::component::verify_handshake;
@@ -24,7 +24,6 @@ pub async fn serve(
 ) {
     let span = tracing::debug_span!("component", conn = conn_id, peer = %peer, domain = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(tcp, ctx.limits, ns::COMPONENT, ctx.write_timeout);
         let mut shutdown = ctx.shutdown.clone();
         let handshake = Box::pin(tokio::time::timeout(

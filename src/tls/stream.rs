@@ -46,9 +46,10 @@ enum Ending {
     Failed,
 }
 
-/// A TLS stream over TCP, for the session after (and during) the handshake.
-pub struct TlsStream {
-    tcp: TcpStream,
+/// A TLS stream over a byte stream (TCP for the broker; an in-memory pipe in the fuzz target),
+/// for the session after (and during) the handshake.
+pub struct TlsStream<S = TcpStream> {
+    tcp: S,
     conn: UnbufferedServerConnection,
     incoming: Vec<u8>,
     plain: Vec<u8>,
@@ -71,13 +72,13 @@ enum Next {
     Closed,
 }
 
-impl TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Run the TLS handshake on `tcp` to completion (the client's Finished verified).
     pub async fn accept(
         config: Arc<ServerConfig>,
-        tcp: TcpStream,
+        tcp: S,
         stats: Arc<Stats>,
-    ) -> io::Result<TlsStream> {
+    ) -> io::Result<TlsStream<S>> {
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         let mut stream = TlsStream {
             tcp,
@@ -104,7 +105,8 @@ impl TlsStream {
         self.conn.negotiated_cipher_suite()
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    /// The underlying byte stream.
+    pub fn get_ref(&self) -> &S {
         &self.tcp
     }
 
@@ -275,10 +277,10 @@ impl TlsStream {
             self.plain_pos = 0;
         }
     }
+}
 
-    fn failed() -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, "TLS connection failed")
-    }
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "TLS connection failed")
 }
 
 /// Run `write` on the spare end of `buf`, growing it to the size rustls asks for.
@@ -315,7 +317,7 @@ fn encrypt_required(error: EncryptError) -> Option<usize> {
     }
 }
 
-impl AsyncRead for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -338,7 +340,7 @@ impl AsyncRead for TlsStream {
                 Ending::Failed => {
                     // Best effort: the alert rustls queued goes out before the error.
                     let _ = this.poll_write_out(cx);
-                    return Poll::Ready(Err(TlsStream::failed()));
+                    return Poll::Ready(Err(failed()));
                 }
                 Ending::Open => {}
             }
@@ -367,7 +369,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -375,7 +377,7 @@ impl AsyncWrite for TlsStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.ending == Ending::Failed || this.close_notify_queued {
-            return Poll::Ready(Err(TlsStream::failed()));
+            return Poll::Ready(Err(failed()));
         }
         // Earlier bytes first: keeps `out` bounded by one call's worth.
         ready!(this.poll_write_out(cx))?;
