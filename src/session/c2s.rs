@@ -39,7 +39,9 @@ pub async fn serve<S: Transport + Send + 'static>(
     async move {
         let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
         let mut shutdown = ctx.shutdown.clone();
-        let negotiation = async {
+        // Boxed where it is made: a future built as a local and boxed later would still have
+        // its full size reserved in this task for the session's whole life.
+        let negotiation = Box::pin(async {
             let tcp = match listener.kind {
                 ListenerKind::Starttls => {
                     let mut plain = Conn::new(tcp, ctx.limits, ns::CLIENT, ctx.write_timeout);
@@ -56,26 +58,36 @@ pub async fn serve<S: Transport + Send + 'static>(
                 }
                 ListenerKind::DirectTls => tcp,
             };
-            let handshake = TlsStream::accept(listener.tls.clone(), tcp, ctx.stats.clone());
-            let tls = match tokio::time::timeout_at(deadline, handshake).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return None;
-                }
-            };
-            let conn = Conn::new(tls, ctx.limits, ns::CLIENT, ctx.write_timeout);
+            // The connection lives in a Box from here on, and no named local holds the TLS
+            // stream: a moved-from local keeps its full size reserved in this future's layout.
+            let conn = Box::new(Conn::new(
+                match tokio::time::timeout_at(
+                    deadline,
+                    TlsStream::accept(listener.tls.clone(), tcp, ctx.stats.clone()),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return None;
+                    }
+                },
+                ctx.limits,
+                ns::CLIENT,
+                ctx.write_timeout,
+            ));
             after_tls(conn, conn_id, deadline, &listener, &ctx).await
-        };
-        // Boxed: the negotiation's state (TLS handshake, SASL) is freed once it is done, so the
+        });
+        // The negotiation's state (TLS handshake, SASL) is freed once it is done, so the
         // long-lived task holds only what the ready loop needs. The select's result is a
         // temporary, not a local, so the task does not keep a second copy of the connection.
         let Some((mut conn, handle, bare)) = (tokio::select! {
-            bound = Box::pin(negotiation) => bound,
+            bound = negotiation => bound,
             _ = crate::context::stopped(&mut shutdown) => None,
         }) else {
             return;
@@ -94,12 +106,12 @@ type TlsConn<S> = Conn<TlsStream<S>>;
 
 /// TLS is up: SASL and bind under the same deadline.
 async fn after_tls<S: Transport>(
-    mut conn: TlsConn<S>,
+    mut conn: Box<TlsConn<S>>,
     conn_id: u64,
     deadline: tokio::time::Instant,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Option<(TlsConn<S>, Arc<SessionHandle>, String)> {
+) -> Option<(Box<TlsConn<S>>, Arc<SessionHandle>, String)> {
     match tokio::time::timeout_at(
         deadline,
         authenticate_and_bind(&mut conn, conn_id, listener, ctx),
