@@ -483,6 +483,12 @@ impl RawPeer {
 
     /// After SASL success: restart, bind `resource` (or none). Returns the bound JID.
     pub async fn bind(&mut self, resource: Option<&str>) -> String {
+        self.send(CLIENT_HEADER).await;
+        self.bind_after_header(resource).await
+    }
+
+    /// After SASL success, the new stream header already sent: bind. Returns the bound JID.
+    pub async fn bind_after_header(&mut self, resource: Option<&str>) -> String {
         self.framer = Framer::new(
             FramerLimits {
                 max_stanza_bytes: 1 << 20,
@@ -490,7 +496,6 @@ impl RawPeer {
             },
             self.content_ns,
         );
-        self.send(CLIENT_HEADER).await;
         self.header().await;
         let features = self.element().await;
         assert!(features.child("bind", ns::BIND).is_some());
