@@ -38,6 +38,19 @@ pub struct SessionHandle {
     pub outbox: Outbox,
 }
 
+impl SessionHandle {
+    /// The connection's task is ending: refuse further pushes and free the outbox. Answers still
+    /// queued will never be delivered: count them as answers for a gone ACS connection.
+    pub fn seal(&self, stats: &crate::ops::metrics::Stats) {
+        let lost = self.outbox.seal();
+        if lost > 0 {
+            stats
+                .answers_acs_gone
+                .fetch_add(lost as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}#{}", self.jid, self.conn_id)
