@@ -403,7 +403,8 @@ impl Router {
 
     /// A CPE session's unsolicited stanza to an ACS entity, over its rate: cut and counted; an IQ
     /// request is answered `policy-violation` (type wait). Not `resource-constraint`: nothing is
-    /// overloaded, the sender broke a local policy (RFC 6120 8.3.3.12) and may retry later.
+    /// overloaded; the sender violated a local service policy (RFC 6120's meaning of
+    /// `policy-violation`), and `wait` says it may retry later.
     fn rate_limited(
         &self,
         cpe: &SessionHandle,
