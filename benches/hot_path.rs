@@ -3,7 +3,7 @@
 //! Routing is measured with 1,000 and 100,000 CPEs online to show it does not depend on the count.
 
 use crbroker::ops::metrics::Stats;
-use crbroker::outbox::{Outbox, Outgoing};
+use crbroker::outbox::{Outbox, OutboxLimits, Outgoing};
 use crbroker::pending::PendingTable;
 use crbroker::router::Router;
 use crbroker::session::{Role, SessionHandle};
@@ -63,6 +63,15 @@ struct World {
     cpe: Arc<SessionHandle>,
 }
 
+/// The shipped outbox defaults, with `answer_bytes` of answer room.
+fn limits(answer_bytes: usize) -> OutboxLimits {
+    OutboxLimits {
+        stanzas: 64,
+        bytes: 128 * 1024,
+        answer_bytes,
+    }
+}
+
 fn world(online: usize) -> World {
     let router = Router::new(
         "example.net",
@@ -78,7 +87,7 @@ fn world(online: usize) -> World {
             conn_id: i as u64 + 1,
             jid: jid.clone(),
             role: Role::Cpe,
-            outbox: Outbox::new(64),
+            outbox: Outbox::new(limits(0)),
         });
         router.bind_client(&format!("cpe-{i:06}@example.net"), handle.clone());
         if i == 500 {
@@ -89,7 +98,7 @@ fn world(online: usize) -> World {
         conn_id: u64::MAX,
         jid: "acs.example.net".into(),
         role: Role::Component,
-        outbox: Outbox::new(100_064),
+        outbox: Outbox::new(limits(64 << 20)),
     });
     router.attach_component("acs.example.net", acs.clone());
     World {
@@ -108,7 +117,7 @@ fn route_request_and_answer(bencher: divan::Bencher, online: usize) {
     bencher.bench_local(|| {
         assert!(world
             .router
-            .route(&world.acs, request.clone())
+            .route(&world.acs, request.clone(), || true)
             .unwrap()
             .is_none());
         let Some(Outgoing::Stanza(delivered)) = world.cpe.outbox.pop() else {
@@ -119,7 +128,11 @@ fn route_request_and_answer(bencher: divan::Bencher, online: usize) {
             .with_attr("id", delivered.attr("id").unwrap())
             .with_attr("from", world.cpe.jid.as_str())
             .with_attr("to", "acs.example.net");
-        assert!(world.router.route(&world.cpe, answer).unwrap().is_none());
+        assert!(world
+            .router
+            .route(&world.cpe, answer, || true)
+            .unwrap()
+            .is_none());
         let Some(Outgoing::Stanza(back)) = world.acs.outbox.pop() else {
             panic!("answer not delivered")
         };

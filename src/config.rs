@@ -197,6 +197,19 @@ pub struct LimitsConfig {
     /// Most stanzas queued toward one session; see README "Backpressure".
     #[serde(default = "defaults::outbox_stanzas")]
     pub outbox_stanzas: usize,
+    /// Most estimated bytes of those stanzas (answers to pending requests not included).
+    #[serde(default = "defaults::outbox_bytes")]
+    pub outbox_bytes: usize,
+    /// Estimated bytes of answers to pending requests one ACS connection may have queued; more
+    /// means it stopped reading, and it is closed (`<resource-constraint/>`).
+    #[serde(default = "defaults::acs_outbox_answer_bytes")]
+    pub acs_outbox_answer_bytes: usize,
+    /// Unsolicited stanzas (not answers) one CPE session may send to ACS entities at once...
+    #[serde(default = "defaults::cpe_to_acs_burst")]
+    pub cpe_to_acs_burst: u32,
+    /// ...and then per minute. More are cut: an IQ request gets `<policy-violation/>`.
+    #[serde(default = "defaults::cpe_to_acs_per_minute")]
+    pub cpe_to_acs_per_minute: u32,
     /// Seconds a session may keep a full outbox (its peer not reading) before it is closed.
     #[serde(default = "defaults::stuck_session_grace_secs")]
     pub stuck_session_grace_secs: u64,
@@ -278,6 +291,18 @@ mod defaults {
     }
     pub fn outbox_stanzas() -> usize {
         64
+    }
+    pub fn outbox_bytes() -> usize {
+        128 * 1024
+    }
+    pub fn acs_outbox_answer_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    pub fn cpe_to_acs_burst() -> u32 {
+        10
+    }
+    pub fn cpe_to_acs_per_minute() -> u32 {
+        1
     }
     pub fn stuck_session_grace_secs() -> u64 {
         30
@@ -445,6 +470,16 @@ impl Config {
             ("limits.max_header_bytes", limits.max_header_bytes as u64),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
             ("limits.outbox_stanzas", limits.outbox_stanzas as u64),
+            ("limits.outbox_bytes", limits.outbox_bytes as u64),
+            (
+                "limits.acs_outbox_answer_bytes",
+                limits.acs_outbox_answer_bytes as u64,
+            ),
+            ("limits.cpe_to_acs_burst", limits.cpe_to_acs_burst as u64),
+            (
+                "limits.cpe_to_acs_per_minute",
+                limits.cpe_to_acs_per_minute as u64,
+            ),
             (
                 "limits.auth_attempts_per_connection",
                 limits.auth_attempts_per_connection as u64,

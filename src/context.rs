@@ -4,7 +4,9 @@
 use crate::auth::AccountStore;
 use crate::config::{Config, ListenerKind, SaslMechanismName};
 use crate::ops::metrics::Stats;
+use crate::outbox::OutboxLimits;
 use crate::proto::sasl::Mechanism;
+use crate::ratelimit::Rate;
 use crate::router::Router;
 use crate::throttle::LoginThrottle;
 use crate::xml::FramerLimits;
@@ -21,11 +23,14 @@ pub struct Context {
     pub limits: FramerLimits,
     pub pre_auth_timeout: Duration,
     pub write_timeout: Duration,
-    pub outbox_capacity: usize,
+    /// Outbox bounds of a CPE session (it is owed no answers).
+    pub outbox_limits: OutboxLimits,
     pub auth_attempts_per_connection: u32,
-    /// ACS connections receive the answers to all their pending requests: their outbox holds
-    /// up to `max_pending_per_acs` more, so an answer is never dropped for lack of room.
-    pub acs_outbox_capacity: usize,
+    /// Outbox bounds of an ACS connection: the same for unsolicited stanzas, plus the room for
+    /// answers to its pending requests.
+    pub acs_outbox_limits: OutboxLimits,
+    /// What a CPE session may send to ACS entities unprompted.
+    pub cpe_to_acs: Rate,
     /// Per-process secret for SCRAM fake salts of unknown users.
     pub server_secret: [u8; 32],
     /// Component domain -> secret.
@@ -67,9 +72,18 @@ impl Context {
             },
             pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
-            outbox_capacity: limits.outbox_stanzas,
+            outbox_limits: OutboxLimits {
+                stanzas: limits.outbox_stanzas,
+                bytes: limits.outbox_bytes,
+                answer_bytes: 0,
+            },
             auth_attempts_per_connection: limits.auth_attempts_per_connection,
-            acs_outbox_capacity: limits.outbox_stanzas + config.requests.max_pending_per_acs,
+            acs_outbox_limits: OutboxLimits {
+                stanzas: limits.outbox_stanzas,
+                bytes: limits.outbox_bytes,
+                answer_bytes: limits.acs_outbox_answer_bytes,
+            },
+            cpe_to_acs: Rate::new(limits.cpe_to_acs_burst, limits.cpe_to_acs_per_minute),
             server_secret,
             component_secrets: config
                 .components

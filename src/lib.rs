@@ -15,6 +15,7 @@ pub mod ops;
 pub mod outbox;
 pub mod pending;
 pub mod proto;
+pub mod ratelimit;
 pub mod router;
 pub mod session;
 pub mod throttle;

@@ -7,7 +7,7 @@
 
 use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
-use crate::outbox::PushError;
+use crate::outbox::{AnswerError, PushError};
 use crate::pending::{self, PendingRequest, PendingTable, Refusal};
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
 use crate::session::{Role, SessionHandle};
@@ -169,10 +169,13 @@ impl Router {
     /// Route a stanza whose `from` the sender's session has already stamped.
     /// Returns a reply for the sender (an error) when the stanza cannot be delivered, or
     /// `Err(stanza)` when the stanza is for the server itself (the session handles it).
+    /// `may_send_unsolicited` is the CPE session's rate limit: asked (and spent) once when a CPE
+    /// sends an ACS entity anything but the answer to a pending request.
     pub fn route(
         &self,
         sender: &Arc<SessionHandle>,
         stanza: Element,
+        may_send_unsolicited: impl FnOnce() -> bool,
     ) -> Result<Option<Element>, Element> {
         let kind = Kind::of(&stanza);
         let iq_type = if kind == Some(Kind::Iq) {
@@ -225,7 +228,9 @@ impl Router {
                 } else {
                     match self.find_client(&to) {
                         Some(cpe) => {
-                            let _ = cpe.outbox.push(stanza);
+                            if let Err((PushError::Full, _)) = cpe.outbox.push(stanza) {
+                                Stats::bump(&self.stats.stanzas_dropped_outbox_full);
+                            }
                         }
                         None => Stats::bump(&self.stats.stanzas_refused),
                     }
@@ -234,22 +239,39 @@ impl Router {
             }
             (Target::Acs, role) => {
                 let Some(to) = to else { return Err(stanza) };
-                if role == Role::Cpe && !is_request && kind == Some(Kind::Iq) {
-                    self.drop_unmatched_answer(sender, &stanza);
-                    return Ok(None);
+                if role == Role::Cpe {
+                    if !is_request && kind == Some(Kind::Iq) {
+                        self.drop_unmatched_answer(sender, &stanza);
+                        return Ok(None);
+                    }
+                    if !may_send_unsolicited() {
+                        return Ok(self.rate_limited(sender, &stanza, is_request, &to_attr));
+                    }
                 }
                 let destination = if self.is_component_domain(to.domain) {
                     self.find_component(to.domain)
                 } else {
                     self.find_client(&to)
                 };
-                match destination {
-                    Some(acs) => match acs.outbox.push(stanza) {
-                        Ok(()) => Ok(None),
-                        Err(PushError::Full) => Ok(None),
-                        Err(PushError::Closed) => Ok(None),
-                    },
-                    None => Ok(refuse(&stanza)),
+                let Some(acs) = destination else {
+                    return Ok(refuse(&stanza));
+                };
+                match acs.outbox.push(stanza) {
+                    Ok(()) => Ok(None),
+                    Err((PushError::Full, stanza)) => {
+                        // Unsolicited traffic never takes the room kept for answers: it waits
+                        // for nothing and is dropped; a request learns so.
+                        Stats::bump(&self.stats.stanzas_dropped_outbox_full);
+                        Ok(is_request.then(|| {
+                            stanza::error_reply(
+                                &stanza,
+                                to_attr.as_deref(),
+                                "resource-constraint",
+                                ErrorType::Wait,
+                            )
+                        }))
+                    }
+                    Err((_, stanza)) => Ok(refuse(&stanza)),
                 }
             }
         }
@@ -311,7 +333,7 @@ impl Router {
                 Stats::bump(&self.stats.requests_relayed);
                 None
             }
-            Err(error) => {
+            Err((error, _)) => {
                 let entry = self.pending.cancel(id)?;
                 let (condition, error_type, outcome) = match error {
                     PushError::Full => (
@@ -379,9 +401,38 @@ impl Router {
         tracing::debug!(target: REQUEST_LOG, cpe = %cpe.jid, id = ?answer.attr("id"), "late or unknown answer dropped");
     }
 
+    /// A CPE session's unsolicited stanza to an ACS entity, over its rate: cut and counted; an IQ
+    /// request is answered `policy-violation` (type wait). Not `resource-constraint`: nothing is
+    /// overloaded; the sender violated a local service policy (RFC 6120's meaning of
+    /// `policy-violation`), and `wait` says it may retry later.
+    fn rate_limited(
+        &self,
+        cpe: &SessionHandle,
+        stanza: &Element,
+        is_request: bool,
+        to: &Option<String>,
+    ) -> Option<Element> {
+        Stats::bump(&self.stats.cpe_to_acs_rate_limited);
+        tracing::debug!(cpe = %cpe.jid, kind = %stanza.name, "unsolicited stanza to the ACS over the rate limit");
+        is_request.then(|| {
+            stanza::error_reply(stanza, to.as_deref(), "policy-violation", ErrorType::Wait)
+        })
+    }
+
+    /// The one answer to a pending request, into the room the ACS connection keeps for answers.
     fn deliver_to_acs(&self, acs: &SessionHandle, stanza: Element) {
-        if acs.outbox.push(stanza).is_err() {
-            Stats::bump(&self.stats.answers_acs_gone);
+        match acs.outbox.push_answer(stanza) {
+            Ok(()) => {}
+            Err(AnswerError::Overflow { lost }) => {
+                // The ACS stopped reading; the outbox dropped what it held and is closing the
+                // connection. These answers are lost with the connection, like any to a gone ACS.
+                self.stats
+                    .answers_acs_gone
+                    .fetch_add(lost as u64 + 1, Ordering::Relaxed);
+                Stats::bump(&self.stats.acs_closed_answer_room_full);
+                tracing::warn!(acs = %acs.jid, conn = acs.conn_id, lost = lost + 1, "ACS connection stopped reading (answer room full): closing it");
+            }
+            Err(_) => Stats::bump(&self.stats.answers_acs_gone),
         }
     }
 

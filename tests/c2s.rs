@@ -298,3 +298,48 @@ async fn hashed_accounts_from_an_accounts_file_log_in_with_plain_and_scram() {
         Err("not-authorized".to_string())
     );
 }
+
+/// SASL PLAIN whose `</auth>` is followed by `trailer` in the same write; with `header_too` the
+/// new stream header (with its XML declaration) follows in that write as well, before the
+/// broker's `<success/>` arrived. Login and bind must succeed.
+async fn login_with_whitespace_after_auth(mut peer: RawPeer, trailer: &str, header_too: bool) {
+    let user = cpe_user(7);
+    peer.send(CLIENT_HEADER).await;
+    peer.header().await;
+    peer.element().await; // features
+    let payload = base64_encode(format!("\0{user}\0{}", cpe_password(&user)).as_bytes());
+    let auth = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+    );
+    let new_header = if header_too { CLIENT_HEADER } else { "" };
+    peer.send(&format!("{auth}{trailer}{new_header}")).await;
+    let success = peer.element().await;
+    assert!(success.is("success", ns::SASL), "{}", peer.transcript);
+    let jid = if header_too {
+        peer.bind_after_header(Some("ws")).await
+    } else {
+        peer.bind(Some("ws")).await
+    };
+    assert_eq!(jid, format!("{user}@{DOMAIN}/ws"));
+    assert!(CLIENT_HEADER.starts_with("<?xml version='1.0'?>"));
+}
+
+#[tokio::test]
+async fn whitespace_after_auth_is_dropped_at_the_restart_on_the_starttls_listener() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr(STARTTLS);
+    let peer = RawPeer::tcp(addr).await.starttls().await;
+    login_with_whitespace_after_auth(peer, "\n", false).await;
+    let peer = RawPeer::tcp(addr).await.starttls().await;
+    login_with_whitespace_after_auth(peer, "\r\n\t ", true).await;
+    assert_eq!(broker.stat("logins_ok"), 2);
+}
+
+#[tokio::test]
+async fn whitespace_after_auth_is_dropped_at_the_restart_on_the_direct_tls_listener() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr(DIRECT_TLS);
+    login_with_whitespace_after_auth(RawPeer::direct_tls(addr).await, "\n", false).await;
+    login_with_whitespace_after_auth(RawPeer::direct_tls(addr).await, "\r\n\t ", true).await;
+    assert_eq!(broker.stat("logins_ok"), 2);
+}

@@ -48,6 +48,13 @@ counters! {
     answers_acs_gone,
     /// Stanzas refused by the routing policy (e.g. CPE to CPE).
     stanzas_refused,
+    /// Unsolicited stanzas from a CPE to an ACS entity cut by the CPE's rate limit
+    /// (`limits.cpe_to_acs_*`); an IQ request among them was answered `policy-violation`.
+    cpe_to_acs_rate_limited,
+    /// Stanzas not delivered because the receiving connection's outbox was full (an IQ request
+    /// among them was answered `resource-constraint`); connection requests from an ACS to a CPE
+    /// are counted in `requests_overloaded` instead.
+    stanzas_dropped_outbox_full,
     stream_errors_sent,
     /// Connections ended by a TLS error: a fatal alert from the peer, or a record or message
     /// rustls refused (it sent its alert). Not counted: a clean close_notify.
@@ -55,7 +62,11 @@ counters! {
     /// Connections whose peer closed TLS cleanly with close_notify.
     tls_close_notify,
     sessions_replaced,
+    /// Connections closed because a write stalled for the stuck-session grace.
     sessions_stuck_closed,
+    /// ACS connections closed because the answers queued for them outgrew
+    /// `limits.acs_outbox_answer_bytes` (they stopped reading); their answers count as gone.
+    acs_closed_answer_room_full,
 }
 
 impl Stats {

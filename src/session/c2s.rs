@@ -135,7 +135,7 @@ async fn finish<S: Transport>(
     ctx: &Context,
     ending: Ending,
 ) {
-    handle.outbox.seal();
+    handle.seal(&ctx.stats);
     ctx.router.unbind_client(bare, handle.conn_id);
     if handle.role == Role::Cpe {
         ctx.router.cpe_gone(handle.conn_id);
@@ -470,8 +470,8 @@ async fn bind<S: Transport>(
             jid: full.clone(),
             role,
             outbox: Outbox::new(match role {
-                Role::Cpe => ctx.outbox_capacity,
-                _ => ctx.acs_outbox_capacity,
+                Role::Cpe => ctx.outbox_limits,
+                _ => ctx.acs_outbox_limits,
             }),
         });
         let mut reply = Element::stanza("iq")

@@ -47,13 +47,13 @@ pub async fn serve(
             conn_id,
             jid: domain.clone(),
             role: Role::Component,
-            outbox: Outbox::new(ctx.acs_outbox_capacity),
+            outbox: Outbox::new(ctx.acs_outbox_limits),
         });
         ctx.router.attach_component(&domain, handle.clone());
         Stats::bump(&ctx.stats.sessions_online);
         tracing::info!(conn = conn_id, %peer, %domain, "component attached");
         let ending = ready::run(&mut conn, &handle, &ctx).await;
-        handle.outbox.seal();
+        handle.seal(&ctx.stats);
         ctx.router.detach_component(&domain, conn_id);
         ctx.stats
             .sessions_online

@@ -38,6 +38,19 @@ pub struct SessionHandle {
     pub outbox: Outbox,
 }
 
+impl SessionHandle {
+    /// The connection's task is ending: refuse further pushes and free the outbox. Answers still
+    /// queued will never be delivered: count them as answers for a gone ACS connection.
+    pub fn seal(&self, stats: &crate::ops::metrics::Stats) {
+        let lost = self.outbox.seal();
+        if lost > 0 {
+            stats
+                .answers_acs_gone
+                .fetch_add(lost as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}#{}", self.jid, self.conn_id)
@@ -71,6 +84,8 @@ pub struct Conn<S> {
     content_ns: &'static str,
     /// Whether our stream header has been sent (a stream error needs one first).
     pub header_sent: bool,
+    /// Set by a stream restart: whitespace before the new stream's first other byte is dropped.
+    skip_leading_whitespace: bool,
 }
 
 impl<S: Transport> Conn<S> {
@@ -90,13 +105,22 @@ impl<S: Transport> Conn<S> {
             limits,
             content_ns,
             header_sent: false,
+            skip_leading_whitespace: false,
         }
     }
 
     /// Start a new XML stream on the same bytes (after SASL success).
+    ///
+    /// Whitespace the client sent after its last stanza (many end every write with a newline)
+    /// belongs to the old stream; fed to the new framer it would come before the new header's
+    /// `<?xml ...?>`, which must be the very first thing of a document (`not-well-formed`). So
+    /// whitespace is dropped up to the new stream's first other byte, both what is buffered now
+    /// and what the same client write delivers in a later read (TCP and TLS may split a write).
+    /// Anything else stays for the new stream.
     pub fn restart_stream(&mut self) {
         self.framer = Framer::new(self.limits, self.content_ns);
         self.header_sent = false;
+        self.skip_leading_whitespace = true;
     }
 
     pub fn content_ns(&self) -> &'static str {
@@ -105,7 +129,15 @@ impl<S: Transport> Conn<S> {
 
     /// Next frame from buffered bytes only (no I/O).
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        if self.skip_leading_whitespace {
+            let rest = &self.read_buf[self.read_pos..];
+            let blank = leading_whitespace(rest);
+            self.skip_leading_whitespace = blank == rest.len();
+            self.read_pos += blank;
+        }
         if self.read_pos >= self.read_buf.len() {
+            self.read_pos = 0;
+            self.read_buf.clear();
             return Ok(None);
         }
         let mut input = &self.read_buf[self.read_pos..];
@@ -218,6 +250,14 @@ impl<S: Transport> Conn<S> {
     }
 }
 
+/// How many bytes at the start of `bytes` are XML whitespace (S in XML 1.0: space, tab, CR, LF).
+fn leading_whitespace(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .count()
+}
+
 /// A fresh unpredictable stream id (also the XEP-0114 handshake salt).
 pub fn new_stream_id() -> String {
     let mut bytes = [0u8; 12];
@@ -228,4 +268,78 @@ pub fn new_stream_id() -> String {
         bytes[..8].copy_from_slice(&n.to_le_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.net' version='1.0'>";
+
+    fn conn_with(bytes: &[u8]) -> Conn<tokio::io::DuplexStream> {
+        let (stream, _peer) = tokio::io::duplex(64);
+        let mut conn = Conn::new(
+            stream,
+            FramerLimits::default(),
+            crate::xml::ns::CLIENT,
+            Duration::from_secs(1),
+        );
+        conn.read_buf.extend_from_slice(bytes);
+        conn
+    }
+
+    #[test]
+    fn whitespace_count_stops_at_the_first_other_byte() {
+        assert_eq!(leading_whitespace(b""), 0);
+        assert_eq!(leading_whitespace(b"\r\n\t <x"), 4);
+        assert_eq!(leading_whitespace(b"x \n"), 0);
+        // Not XML whitespace: form feed, vertical tab, non-breaking space.
+        assert_eq!(leading_whitespace(b"\x0c<"), 0);
+        assert_eq!(leading_whitespace(b"\x0b<"), 0);
+        assert_eq!(leading_whitespace("\u{a0}<".as_bytes()), 0);
+    }
+
+    #[test]
+    fn a_fresh_stream_keeps_its_leading_whitespace() {
+        // Only a restart drops whitespace: the first stream of a connection is parsed as sent.
+        let mut conn = conn_with(b"\n");
+        conn.read_buf.extend_from_slice(HEADER);
+        assert!(conn.buffered_frame().is_err());
+    }
+
+    #[test]
+    fn restart_drops_whitespace_buffered_and_arriving_later() {
+        let mut conn = conn_with(b"\r\n\t ");
+        conn.restart_stream();
+        assert!(conn.buffered_frame().unwrap().is_none());
+        // More whitespace in a later read, then the new header with an XML declaration.
+        conn.read_buf.extend_from_slice(b" \n");
+        assert!(conn.buffered_frame().unwrap().is_none());
+        conn.read_buf.extend_from_slice(HEADER);
+        assert!(matches!(
+            conn.buffered_frame().unwrap(),
+            Some(Frame::StreamOpen(_))
+        ));
+        // Once the new stream has begun, whitespace is ordinary stream content again.
+        assert!(!conn.skip_leading_whitespace);
+    }
+
+    #[test]
+    fn restart_keeps_everything_after_the_whitespace() {
+        let mut conn = conn_with(b"\n");
+        conn.read_buf.extend_from_slice(HEADER);
+        conn.restart_stream();
+        assert!(matches!(
+            conn.buffered_frame().unwrap(),
+            Some(Frame::StreamOpen(_))
+        ));
+        // Something other than whitespace first is not dropped: the new stream sees it (and
+        // here rejects it, since a document may not start with text).
+        let mut conn = conn_with(b" x");
+        conn.read_buf.extend_from_slice(HEADER);
+        conn.restart_stream();
+        assert!(conn.buffered_frame().is_err());
+        assert_eq!(conn.read_buf[conn.read_pos], b'x');
+    }
 }

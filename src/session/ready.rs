@@ -7,8 +7,10 @@ use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outgoing;
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
+use crate::ratelimit::Bucket;
 use crate::xml::{ns, Element, Frame};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How a ready session ended.
 #[derive(Debug)]
@@ -29,13 +31,16 @@ pub async fn run<S: Transport>(
     ctx: &Context,
 ) -> Ending {
     let mut shutdown = ctx.shutdown.clone();
+    // This session's allowance for unsolicited stanzas to ACS entities (used by CPE sessions
+    // only): owned by this task, so checking it takes no lock.
+    let mut to_acs = Bucket::default();
     loop {
         // Frames already buffered first: a read may carry several stanzas.
         loop {
             match conn.buffered_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Stanza(element))) => {
-                    if let Some(ending) = on_stanza(conn, handle, ctx, element).await {
+                    if let Some(ending) = on_stanza(conn, handle, ctx, &mut to_acs, element).await {
                         return ending;
                     }
                 }
@@ -115,6 +120,7 @@ async fn on_stanza<S: Transport>(
     conn: &mut Conn<S>,
     handle: &Arc<SessionHandle>,
     ctx: &Context,
+    to_acs: &mut Bucket,
     mut element: Element,
 ) -> Option<Ending> {
     let Some(kind) = Kind::of(&element) else {
@@ -123,7 +129,8 @@ async fn on_stanza<S: Transport>(
     if let Err(ending) = stamp_from(&mut element, handle) {
         return Some(ending);
     }
-    let reply = match ctx.router.route(handle, element) {
+    let may_send_unsolicited = || to_acs.take(ctx.cpe_to_acs, Instant::now());
+    let reply = match ctx.router.route(handle, element, may_send_unsolicited) {
         Ok(reply) => reply,
         Err(for_server) => server_answer(handle, ctx, kind, &for_server),
     };

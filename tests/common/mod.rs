@@ -96,6 +96,8 @@ pub struct TestOptions {
     pub shutdown_timeout_secs: u64,
     pub max_pre_auth_per_ip: usize,
     pub max_sessions: usize,
+    pub cpe_to_acs_burst: u32,
+    pub acs_outbox_answer_bytes: usize,
 }
 
 impl Default for TestOptions {
@@ -112,6 +114,8 @@ impl Default for TestOptions {
             shutdown_timeout_secs: 5,
             max_pre_auth_per_ip: 0,
             max_sessions: 0,
+            cpe_to_acs_burst: 10,
+            acs_outbox_answer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -183,6 +187,8 @@ stuck_session_grace_secs = {grace}
 failed_logins_per_account = {failed}
 max_pre_auth_per_ip = {per_ip}
 max_sessions = {max_sessions}
+cpe_to_acs_burst = {burst}
+acs_outbox_answer_bytes = {answer_bytes}
 
 [requests]
 timeout_ms = {timeout}
@@ -199,6 +205,8 @@ max_pending_per_acs = {per_acs}
         failed = options.failed_logins_per_account,
         per_ip = options.max_pre_auth_per_ip,
         max_sessions = options.max_sessions,
+        burst = options.cpe_to_acs_burst,
+        answer_bytes = options.acs_outbox_answer_bytes,
         timeout = options.request_timeout_ms,
         per_cpe = options.max_pending_per_cpe,
         per_acs = options.max_pending_per_acs,
@@ -483,6 +491,12 @@ impl RawPeer {
 
     /// After SASL success: restart, bind `resource` (or none). Returns the bound JID.
     pub async fn bind(&mut self, resource: Option<&str>) -> String {
+        self.send(CLIENT_HEADER).await;
+        self.bind_after_header(resource).await
+    }
+
+    /// After SASL success, the new stream header already sent: bind. Returns the bound JID.
+    pub async fn bind_after_header(&mut self, resource: Option<&str>) -> String {
         self.framer = Framer::new(
             FramerLimits {
                 max_stanza_bytes: 1 << 20,
@@ -490,7 +504,6 @@ impl RawPeer {
             },
             self.content_ns,
         );
-        self.send(CLIENT_HEADER).await;
         self.header().await;
         let features = self.element().await;
         assert!(features.child("bind", ns::BIND).is_some());
@@ -525,7 +538,11 @@ impl RawPeer {
 
     /// A raw XEP-0114 component, handshaken.
     pub async fn component(addr: std::net::SocketAddr, domain: &str, secret: &str) -> RawPeer {
-        let tcp = connect_resetting(addr).await;
+        RawPeer::component_on(connect_resetting(addr).await, domain, secret).await
+    }
+
+    /// A raw XEP-0114 component on a connection the test set up, handshaken.
+    pub async fn component_on(tcp: TcpStream, domain: &str, secret: &str) -> RawPeer {
         let mut peer = RawPeer::new(Box::new(tcp), ns::COMPONENT);
         peer.send(&format!("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")).await;
         let header = peer.header().await;
