@@ -141,6 +141,30 @@ async fn rustls_client_key_updates_keep_the_session() {
 }
 
 #[tokio::test]
+async fn a_key_update_right_behind_the_client_finished_is_answered() {
+    let broker = TestBroker::start().await;
+    let mut acs = broker.raw_acs().await;
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
+    let tcp = CorkedTcp::new(connect_resetting(broker.addr(DIRECT_TLS)).await);
+    let mut tls = tokio_rustls::TlsConnector::from(rustls_config())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    // The client's Finished is held back; KeyUpdate(update_requested) joins it, and both
+    // reach the broker in one write, so it meets the KeyUpdate while finishing the handshake.
+    tls.get_mut().1.refresh_traffic_keys().unwrap();
+    tls.flush().await.unwrap();
+    tls.get_mut().0.uncork().await.unwrap();
+    // The broker's answering KeyUpdate must reach the client before anything it encrypts
+    // under its new keys, or the client cannot read the broker from here on.
+    let mut cpe = TextPeer::new(tls);
+    let jid = cpe.login(CPE).await;
+    round_trip(&mut acs, &mut cpe, &jid, "after").await;
+    no_tls_errors(&broker);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_fatal_alert_in_the_handshake_is_an_error() {
     let broker = TestBroker::start().await;
     // This client trusts no CA: it rejects the broker's certificate with a fatal alert.
@@ -244,6 +268,21 @@ async fn close_notify_is_a_clean_close_answered_in_kind() {
         .await;
     }
     no_tls_errors(&broker);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tcp_fin_without_close_notify_is_not_a_clean_close() {
+    let broker = TestBroker::start().await;
+    let (mut cpe, _jid) = RecordPeer::login(broker.addr(DIRECT_TLS), false, CPE).await;
+    cpe.send_fin().await;
+    // Whatever the broker sends on the way out, it closes; by then it has read the FIN.
+    while let Received::Record(..) = cpe.next_record().await {}
+    assert_eq!(
+        broker.stat("tls_close_notify"),
+        0,
+        "a FIN counted as close_notify"
+    );
     broker.shutdown().await;
 }
 

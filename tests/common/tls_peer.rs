@@ -211,6 +211,78 @@ pub async fn rustls_cpe(
     (peer, jid)
 }
 
+/// TCP that, once the server has sent something, holds back what the client writes until
+/// `uncork`: records the TLS client writes one after the other then leave in one write (the
+/// client's Finished with a KeyUpdate right behind it, for example).
+pub struct CorkedTcp {
+    tcp: TcpStream,
+    server_spoke: bool,
+    held: Option<Vec<u8>>,
+}
+
+impl CorkedTcp {
+    pub fn new(tcp: TcpStream) -> CorkedTcp {
+        CorkedTcp {
+            tcp,
+            server_spoke: false,
+            held: Some(Vec::new()),
+        }
+    }
+
+    /// Send everything held, in one write; from now on writes go straight out.
+    pub async fn uncork(&mut self) -> std::io::Result<()> {
+        let held = self.held.take().unwrap_or_default();
+        assert!(!held.is_empty(), "nothing was held back");
+        self.tcp.write_all(&held).await
+    }
+}
+
+impl AsyncRead for CorkedTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.server_spoke = true;
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for CorkedTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match (&mut this.held, this.server_spoke) {
+            (Some(held), true) => {
+                held.extend_from_slice(data);
+                std::task::Poll::Ready(Ok(data.len()))
+            }
+            _ => std::pin::Pin::new(&mut this.tcp).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // openssl s_client.
 
@@ -415,6 +487,11 @@ impl RecordPeer {
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.tcp.write_all(bytes).await?;
         self.tcp.flush().await
+    }
+
+    /// Close the TCP write side (FIN) without any alert.
+    pub async fn send_fin(&mut self) {
+        self.tcp.shutdown().await.unwrap();
     }
 
     /// XMPP text in one application-data record.
