@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::openssl::OpensslPeer;
 use common::tls_peer::*;
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
