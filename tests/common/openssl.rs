@@ -50,7 +50,7 @@ impl OpensslPeer {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("openssl s_client starts");
+            .expect("openssl s_client starts (Debian package openssl, /usr/bin/openssl)");
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take().unwrap();
         let mut errors = child.stderr.take().unwrap();
