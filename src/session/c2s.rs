@@ -213,6 +213,11 @@ pub(super) async fn refuse_on_error<S: Transport>(
             tracing::debug!("stream refused: {e}");
             conn.send_stream_error(domain, e.condition(), None).await;
         }
+        ConnError::Eof => {
+            // A clean close (TLS close_notify) is answered in kind.
+            tracing::debug!("peer closed the connection during negotiation");
+            conn.shutdown_transport().await;
+        }
         other => tracing::debug!("connection ended during negotiation: {other}"),
     }
 }

@@ -246,6 +246,11 @@ impl<S: Transport> Conn<S> {
     /// Close our side of the stream politely.
     pub async fn close(&mut self) {
         let _ = self.send_raw(writer::STREAM_FOOTER).await;
+        self.shutdown_transport().await;
+    }
+
+    /// Close the transport: TLS close_notify (rustls), then TCP FIN. Best effort, bounded.
+    pub async fn shutdown_transport(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 }

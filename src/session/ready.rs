@@ -17,8 +17,11 @@ use std::time::Instant;
 pub enum Ending {
     /// The peer closed its stream (`</stream:stream>`): answer with ours.
     PeerClosed,
-    /// The connection is gone (reset, EOF, write failure): nothing more to send.
+    /// The connection is gone (reset, TLS error, write failure): nothing more to send.
     Gone(String),
+    /// The peer closed its transport cleanly (TLS close_notify, or TCP FIN on a component
+    /// stream) without closing the XML stream: close ours the same way.
+    TransportClosed,
     /// Send this stream error, then close.
     StreamError(&'static str, Option<&'static str>),
     /// Already sent (outbox close, e.g. `<conflict/>`).
@@ -93,8 +96,10 @@ pub async fn run<S: Transport>(
                 }
             }
             filled = conn.fill() => {
-                if let Err(e) = filled {
-                    return Ending::Gone(e.to_string());
+                match filled {
+                    Ok(()) => {}
+                    Err(ConnError::Eof) => return Ending::TransportClosed,
+                    Err(e) => return Ending::Gone(e.to_string()),
                 }
             }
         }
@@ -106,6 +111,7 @@ pub async fn close<S: Transport>(conn: &mut Conn<S>, domain: &str, stats: &Stats
     match ending {
         Ending::PeerClosed => conn.close().await,
         Ending::Gone(reason) => tracing::debug!("connection gone: {reason}"),
+        Ending::TransportClosed => conn.shutdown_transport().await,
         Ending::StreamError(condition, text) => {
             Stats::bump(&stats.stream_errors_sent);
             conn.send_stream_error(domain, condition, text).await
