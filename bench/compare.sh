@@ -14,6 +14,10 @@
 #   --concurrency C      logins in progress at once (default 100)
 #   --servers "LIST"     which servers, in order (default "crbroker prosody ejabberd")
 #   --out DIR            where configs, logs and JSON reports go (default /tmp/crbroker-compare)
+#   --build LABEL=PATH   measure this crbroker binary as a column LABEL instead of the servers
+#                        (repeatable; e.g. before/after a change, in one run: --build
+#                        before=/tmp/crbroker-old --build after=target/release/crbroker);
+#                        list a build twice under two labels to see the run-to-run noise
 #   --no-install         never run apt-get; skip a peer that is not installed
 #   --priority           give this script's processes (servers, tool) scheduling priority over
 #                        other sessions' work for the run: sets this session's autogroup nice to
@@ -35,6 +39,7 @@ SERVERS="crbroker prosody ejabberd"
 OUT=/tmp/crbroker-compare
 INSTALL=1
 PRIORITY=0
+BUILDS=()
 C2S_PORT=15222
 DIRECT_TLS_PORT=15223
 COMPONENT_PORT=15347
@@ -56,11 +61,22 @@ while [ $# -gt 0 ]; do
         --servers) SERVERS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
+        --build) BUILDS+=("$2"); shift 2 ;;
         --priority) PRIORITY=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+if [ ${#BUILDS[@]} -gt 0 ]; then
+    SERVERS=""
+    for build in "${BUILDS[@]}"; do
+        case $build in
+            *=*) SERVERS="$SERVERS crbroker=$build" ;;
+            *) echo "compare.sh: --build wants LABEL=PATH, got $build" >&2; exit 2 ;;
+        esac
+    done
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/target/release/crbroker-bench
@@ -207,7 +223,7 @@ stop_server() {
 }
 
 start_crbroker() {
-    RUST_LOG=warn "$BROKER" --config "$CFG/crbroker/config.toml" >"$OUT/crbroker.log" 2>&1 &
+    RUST_LOG=warn "$BROKER" --config "$CFG/crbroker/config.toml" >"$OUT/$server.log" 2>&1 &
     PID=$!
     wait_ready $PID 60
 }
@@ -242,11 +258,24 @@ start_ejabberd() {
 }
 
 RAN=()
-for server in $SERVERS; do
+DEFAULT_BROKER=$BROKER
+for spec in $SERVERS; do
+    # A plain server name, or crbroker=LABEL=PATH from --build.
+    server=$spec
+    start=start_$spec
+    BROKER=$DEFAULT_BROKER
+    case $spec in
+        crbroker=*)
+            rest=${spec#crbroker=}
+            server=${rest%%=*}
+            BROKER=${rest#*=}
+            start=start_crbroker
+            ;;
+    esac
     say "$server"
     ports_free || { echo "   $server skipped"; continue; }
     PID=
-    if ! "start_$server"; then
+    if ! "$start"; then
         echo "   $server did not start (log: $OUT/$server.log); its column is skipped"
         [ -n "$PID" ] && stop_server "$PID"
         PID=

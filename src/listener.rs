@@ -1,14 +1,13 @@
 //! Accept loops: one task per listener, one task per accepted connection (admitted by the
 //! connection caps in [`crate::caps`]), and the stop signal that ends accepting.
 
-use crate::caps::{admit, ConnectionCaps, ConnectionGuard};
+use crate::caps::{admit, ConnectionCaps};
 use crate::context::{Context, ListenerSettings};
 use crate::ops::metrics::Stats;
 use crate::session::{c2s, component};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -51,26 +50,18 @@ pub async fn accept_loop(
         let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let settings = settings.clone();
-        tokio::spawn(serve(tcp, peer, conn_id, service, settings, ctx, guard));
-    }
-}
-
-async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    conn_id: u64,
-    service: Service,
-    settings: Option<Arc<ListenerSettings>>,
-    ctx: Arc<Context>,
-    guard: ConnectionGuard,
-) {
-    // Stanzas go out in one write each; never wait for more.
-    let _ = tcp.set_nodelay(true);
-    match (service, settings) {
-        (Service::C2s, Some(settings)) => {
-            c2s::serve(tcp, peer, conn_id, settings, ctx, guard).await
+        // Stanzas go out in one write each; never wait for more.
+        let _ = tcp.set_nodelay(true);
+        // One task type per service: a task is as large as its future, and a c2s session must
+        // not pay for the component session's state (or the other way round).
+        match (service, &settings) {
+            (Service::C2s, Some(settings)) => {
+                tokio::spawn(c2s::serve(tcp, peer, conn_id, settings.clone(), ctx, guard));
+            }
+            (Service::Component, _) => {
+                tokio::spawn(component::serve(tcp, peer, conn_id, ctx, guard));
+            }
+            (Service::C2s, None) => {}
         }
-        (Service::Component, _) => component::serve(tcp, peer, conn_id, ctx, guard).await,
-        (Service::C2s, None) => {}
     }
 }
