@@ -6,6 +6,8 @@ mod common;
 use common::binary::*;
 use common::*;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -124,16 +126,33 @@ async fn second_signal_exits_at_once() {
         "p",
     );
     let flood: Vec<u8> = request.repeat(2_000).into_bytes();
+    // Progress of the flood: when our writes stop progressing, the broker has stopped reading
+    // this connection, which it does only while its own write of answers to us is stuck.
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = sent.clone();
     tokio::spawn(async move {
-        for _ in 0..100 {
-            if acs.try_send(&flood).await.is_err() {
-                break;
-            }
+        // Until the broker stops reading (the test bounds the time).
+        while acs.try_send(&flood).await.is_ok() {
+            progress.fetch_add(1, Ordering::Relaxed);
         }
         // Keep the connection open (and unread) until the test ends.
         std::future::pending::<()>().await;
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the broker kept reading the ACS's flood: its writes never got stuck"
+        );
+    }
     let pid = running.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
