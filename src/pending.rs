@@ -1,8 +1,12 @@
 //! Connection requests in flight: which ACS connection asked, under which id, until when.
 //!
-//! Each request relayed from an ACS entity to a CPE gets a broker-wide id (`crb<n>`) on the way to
-//! the CPE, so two ACS entities using the same id never collide; the ACS's own id is restored on the
-//! answer. An entry leaves the table exactly once (CPE answer, deadline, CPE session end, shutdown),
+//! Toward the CPE a request keeps the ACS's own id, so an ACS log line and a CPE log line for one
+//! request show the same id. Only when that id is already pending on the same CPE session (two ACS
+//! entities, or one ACS reusing an id) does the request get a broker id, `crb-<run>-<n>`, where
+//! `<run>` is random per broker process, so broker ids never repeat across restarts either. The
+//! ACS's id is restored on the answer. A CPE's answer is matched by its id among the requests
+//! pending on its own session (at most `max_pending_per_cpe`, so a short scan).
+//! An entry leaves the table exactly once (CPE answer, deadline, CPE session end, shutdown),
 //! under the table lock, and whoever removes it sends the one answer. That is the whole guarantee.
 
 use crate::session::SessionHandle;
@@ -10,16 +14,27 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const ID_PREFIX: &str = "crb";
+pub const ID_PREFIX: &str = "crb-";
 
 pub struct PendingRequest {
     pub acs: Arc<SessionHandle>,
     /// The requester's JID as stamped on the request (where the answer goes).
     pub acs_jid: String,
     pub acs_id: String,
+    /// The id the CPE sees: the ACS's own, or a broker id when that one was taken.
+    pub wire: WireId,
     pub cpe_conn: u64,
     pub cpe_jid: String,
     pub started: Instant,
+}
+
+/// The id a pending request carries toward the CPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireId {
+    /// The ACS's own id (`acs_id`).
+    Acs,
+    /// A broker id, `crb-<run>-<n>`.
+    Broker(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +46,8 @@ pub enum Refusal {
 }
 
 pub struct PendingTable {
+    /// Random per process: broker ids of two runs never collide.
+    run: String,
     timeout: Duration,
     max_per_cpe: usize,
     max_per_acs: usize,
@@ -49,7 +66,16 @@ struct Inner {
 
 impl PendingTable {
     pub fn new(timeout: Duration, max_per_cpe: usize, max_per_acs: usize) -> PendingTable {
+        let mut random = [0u8; 4];
+        // Without OS randomness, the start time still differs between runs.
+        if getrandom::getrandom(&mut random).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+            random = nanos.to_le_bytes();
+        }
         PendingTable {
+            run: random.iter().map(|b| format!("{b:02x}")).collect(),
             timeout,
             max_per_cpe,
             max_per_acs,
@@ -61,34 +87,73 @@ impl PendingTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record a request; returns the id to use toward the CPE.
-    pub fn begin(&self, request: PendingRequest) -> Result<u64, Refusal> {
+    /// Record a request. Returns its table key and the id to use toward the CPE: the ACS's own
+    /// unless a request pending on the same CPE session already uses it.
+    pub fn begin(&self, mut request: PendingRequest) -> Result<(u64, WireId), Refusal> {
         let mut inner = self.lock();
-        let cpe_count = inner.by_cpe.get(&request.cpe_conn).map_or(0, Vec::len);
-        if cpe_count >= self.max_per_cpe {
+        let on_cpe = inner
+            .by_cpe
+            .get(&request.cpe_conn)
+            .map_or(&[][..], Vec::as_slice);
+        if on_cpe.len() >= self.max_per_cpe {
             return Err(Refusal::CpeBusy);
         }
         let acs_conn = request.acs.conn_id;
         if inner.per_acs.get(&acs_conn).copied().unwrap_or(0) >= self.max_per_acs {
             return Err(Refusal::AcsBusy);
         }
+        let taken = request.acs_id.is_empty()
+            || on_cpe.iter().any(|key| {
+                inner
+                    .entries
+                    .get(key)
+                    .is_some_and(|(pending, _)| self.wire_matches(pending, &request.acs_id))
+            });
         inner.next_id += 1;
-        let id = inner.next_id;
+        let key = inner.next_id;
+        request.wire = if taken {
+            WireId::Broker(key)
+        } else {
+            WireId::Acs
+        };
+        let wire = request.wire;
         let deadline = request.started + self.timeout;
-        inner.by_cpe.entry(request.cpe_conn).or_default().push(id);
+        inner.by_cpe.entry(request.cpe_conn).or_default().push(key);
         *inner.per_acs.entry(acs_conn).or_default() += 1;
-        inner.deadlines.push_back((deadline, id));
-        inner.entries.insert(id, (request, deadline));
-        Ok(id)
+        inner.deadlines.push_back((deadline, key));
+        inner.entries.insert(key, (request, deadline));
+        Ok((key, wire))
     }
 
-    /// Take the request `id` if it is pending for the CPE connection `cpe_conn`.
-    pub fn complete(&self, cpe_conn: u64, id: u64) -> Option<PendingRequest> {
+    /// Take the request pending on CPE connection `cpe_conn` whose id toward the CPE is `wire`.
+    pub fn complete(&self, cpe_conn: u64, wire: &str) -> Option<PendingRequest> {
         let mut inner = self.lock();
-        if inner.entries.get(&id)?.0.cpe_conn != cpe_conn {
-            return None;
+        let key = *inner.by_cpe.get(&cpe_conn)?.iter().find(|key| {
+            inner
+                .entries
+                .get(key)
+                .is_some_and(|(pending, _)| self.wire_matches(pending, wire))
+        })?;
+        inner.remove(key)
+    }
+
+    /// The text of a broker id.
+    pub fn broker_id(&self, n: u64) -> String {
+        format!("{ID_PREFIX}{}-{n}", self.run)
+    }
+
+    /// Whether `wire` is the id `pending` carries toward the CPE (no allocation).
+    fn wire_matches(&self, pending: &PendingRequest, wire: &str) -> bool {
+        match pending.wire {
+            WireId::Acs => pending.acs_id == wire,
+            WireId::Broker(n) => {
+                wire.strip_prefix(ID_PREFIX)
+                    .and_then(|rest| rest.strip_prefix(self.run.as_str()))
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|number| number.parse::<u64>().ok())
+                    == Some(n)
+            }
         }
-        inner.remove(id)
     }
 
     /// Take a request whose delivery failed.
@@ -158,14 +223,4 @@ impl Inner {
         }
         Some(request)
     }
-}
-
-/// The id a CPE sees for pending request `id`.
-pub fn wire_id(id: u64) -> String {
-    format!("{ID_PREFIX}{id}")
-}
-
-/// The pending-request number in a CPE's answer id, if it is one of ours.
-pub fn parse_wire_id(wire: &str) -> Option<u64> {
-    wire.strip_prefix(ID_PREFIX)?.parse().ok()
 }

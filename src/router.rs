@@ -8,7 +8,7 @@
 use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
 use crate::outbox::{AnswerError, PushError};
-use crate::pending::{self, PendingRequest, PendingTable, Refusal};
+use crate::pending::{PendingRequest, PendingTable, Refusal, WireId};
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
 use crate::session::{Role, SessionHandle};
 use crate::xml::Element;
@@ -303,12 +303,17 @@ impl Router {
             acs: acs.clone(),
             acs_jid: acs_jid.clone(),
             acs_id: acs_id.clone(),
+            wire: WireId::Acs,
             cpe_conn: cpe.conn_id,
             cpe_jid: cpe.jid.clone(),
             started,
         };
         let id = match self.pending.begin(entry) {
-            Ok(id) => id,
+            Ok((id, WireId::Acs)) => id,
+            Ok((id, WireId::Broker(n))) => {
+                request.set_attr("id", self.pending.broker_id(n));
+                id
+            }
             Err(refusal) => {
                 Stats::bump(&self.stats.requests_overloaded);
                 let why = match refusal {
@@ -325,7 +330,6 @@ impl Router {
                 ));
             }
         };
-        request.set_attr("id", pending::wire_id(id));
         // The CPE sees its own full JID even when the ACS used the bare one.
         request.set_attr("to", cpe.jid.as_str());
         match cpe.outbox.push(request) {
@@ -369,7 +373,6 @@ impl Router {
     ) -> Result<(), Element> {
         let request = answer
             .attr("id")
-            .and_then(pending::parse_wire_id)
             .and_then(|id| self.pending.complete(cpe.conn_id, id));
         let Some(request) = request else {
             return Err(answer);

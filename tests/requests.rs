@@ -465,3 +465,67 @@ async fn stuck_cpe_does_not_hurt_others_and_every_request_is_answered() {
     assert!(broker.broker.as_ref().unwrap().router.pending.is_empty());
     healthy.abort();
 }
+
+/// Toward the CPE a request keeps the ACS's id; a second request with the same id pending on the
+/// same CPE gets a broker id (`crb-<run>-<n>`), and each ACS still sees its own id on its answer.
+/// Broker ids of two broker processes (runs) differ.
+#[tokio::test]
+async fn the_acs_id_reaches_the_cpe_unless_it_collides() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let broker = TestBroker::start().await;
+        let (mut cpe, jid) = broker.cpe("cpe-0001").await;
+        let mut acs_a = broker.raw_acs().await;
+        let mut acs_b = broker.raw_acs().await;
+        acs_a
+            .send(&connection_request(
+                "same",
+                &jid,
+                Some(COMPONENT_DOMAIN),
+                "u",
+                "p",
+            ))
+            .await;
+        let first = receive_requests(&mut cpe, 1).await.remove(0);
+        assert_eq!(first, "same", "the CPE sees the ACS's own id");
+        acs_b
+            .send(&connection_request(
+                "same",
+                &jid,
+                Some(COMPONENT_DOMAIN),
+                "u",
+                "p",
+            ))
+            .await;
+        let second = receive_requests(&mut cpe, 1).await.remove(0);
+        assert!(
+            second.starts_with("crb-") && second != "same",
+            "a colliding id gets a broker id: {second}"
+        );
+        // Answer the second first: each answer goes to the ACS connection that asked, with its id.
+        answer_result(&mut cpe, &second).await;
+        answer_result(&mut cpe, &first).await;
+        for acs in [&mut acs_a, &mut acs_b] {
+            let answer = acs.element().await;
+            assert_eq!(
+                (answer.attr("id"), answer.attr("type")),
+                (Some("same"), Some("result"))
+            );
+        }
+        // Once the first is answered, the id is free again and reaches the CPE as it is.
+        acs_a
+            .send(&connection_request(
+                "same",
+                &jid,
+                Some(COMPONENT_DOMAIN),
+                "u",
+                "p",
+            ))
+            .await;
+        assert_eq!(receive_requests(&mut cpe, 1).await.remove(0), "same");
+        let run = second.rsplit_once('-').unwrap().0.to_string();
+        runs.push(run);
+        broker.shutdown().await;
+    }
+    assert_ne!(runs[0], runs[1], "broker ids must not repeat across runs");
+}
