@@ -2,11 +2,11 @@
 //! accounts, TLS configurations, counters and the shutdown signal.
 
 use crate::auth::AccountStore;
-use crate::config::{Config, ListenerKind, SaslMechanismName};
+use crate::config::{Config, LimitsConfig, ListenerKind, SaslMechanismName};
 use crate::ops::metrics::Stats;
 use crate::proto::sasl::Mechanism;
 use crate::router::Router;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{DelayRule, LoginThrottle, ThrottleSettings};
 use crate::xml::FramerLimits;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,11 +53,7 @@ impl Context {
             router,
             accounts,
             stats,
-            throttle: LoginThrottle::new(
-                limits.failed_logins_per_account,
-                Duration::from_secs(limits.failed_login_window_secs),
-                Duration::from_secs(limits.failed_login_lockout_secs),
-            ),
+            throttle: LoginThrottle::new(throttle_settings(limits)),
             limits: FramerLimits {
                 max_stanza_bytes: limits.max_stanza_bytes,
                 max_depth: limits.max_depth,
@@ -78,6 +74,23 @@ impl Context {
                 .collect(),
             shutdown,
         }
+    }
+}
+
+fn throttle_settings(limits: &LimitsConfig) -> ThrottleSettings {
+    let base = Duration::from_millis(limits.login_delay_base_ms);
+    ThrottleSettings {
+        account: DelayRule {
+            free: limits.login_delay_account_free,
+            base,
+            max: Duration::from_millis(limits.login_delay_account_max_ms),
+        },
+        address: DelayRule {
+            free: limits.login_delay_address_free,
+            base,
+            max: Duration::from_millis(limits.login_delay_address_max_ms),
+        },
+        window: Duration::from_secs(limits.login_failure_window_secs),
     }
 }
 

@@ -325,6 +325,18 @@ impl SaslSession {
         }
     }
 
+    /// The username `response` names, if feeding it to [`step`](Self::step) would look
+    /// credentials up: PLAIN's message, or SCRAM's client-first-message. Not case folded and
+    /// not length checked (the step refuses names over [`crate::auth::MAX_USERNAME_LEN`]).
+    /// The caller applies its login delay with it before calling `step`.
+    pub fn username_in<'m>(&self, response: &'m [u8]) -> Option<std::borrow::Cow<'m, str>> {
+        match self.state {
+            State::AwaitPlain => plain::username(response).map(std::borrow::Cow::Borrowed),
+            State::AwaitScramFirst { .. } => scram::username(response).map(std::borrow::Cow::Owned),
+            _ => None,
+        }
+    }
+
     /// The client sent `<abort/>`: end the exchange.
     pub fn abort(&mut self) -> Step {
         self.state = State::Done;

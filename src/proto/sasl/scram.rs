@@ -12,7 +12,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::{authzid_allowed, Failure, Step, B64};
 use crate::auth::crypto::{self, ScramHash};
-use crate::auth::{AccountStore, KeyPair};
+use crate::auth::{AccountStore, KeyPair, MAX_USERNAME_LEN};
 
 /// Longest client-first / client-final message accepted.
 const MAX_MESSAGE_LEN: usize = 4096;
@@ -77,14 +77,18 @@ fn malformed<T>(why: &'static str) -> Result<T, Failure> {
     Err(Failure::MalformedRequest)
 }
 
-/// Handle client-first-message; on success returns the state and the
-/// server-first-message to send as a challenge.
-pub(super) fn client_first<H: ScramHash>(
-    msg: &[u8],
-    accounts: &AccountStore,
-    server_secret: &[u8; 32],
-    nonce_override: Option<&str>,
-) -> Result<(ServerState<H>, Vec<u8>), Failure> {
+/// The fields of a client-first-message the server uses.
+struct ClientFirst<'a> {
+    flag: &'a str,
+    authz: &'a str,
+    bare: &'a str,
+    authzid: Option<String>,
+    authcid: String,
+    client_nonce: &'a str,
+}
+
+/// Parse a client-first-message without looking at the store.
+fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, Failure> {
     if msg.len() > MAX_MESSAGE_LEN {
         return malformed("client-first too long");
     }
@@ -132,6 +136,42 @@ pub(super) fn client_first<H: ScramHash>(
     }
     if !attrs.all(valid_extension) {
         return malformed("bad extension");
+    }
+    Ok(ClientFirst {
+        flag,
+        authz,
+        bare,
+        authzid,
+        authcid,
+        client_nonce,
+    })
+}
+
+/// The username a client-first-message names (unescaped, not case folded), if it is
+/// well-formed.
+pub(super) fn username(msg: &[u8]) -> Option<String> {
+    parse_client_first(msg).ok().map(|first| first.authcid)
+}
+
+/// Handle client-first-message; on success returns the state and the
+/// server-first-message to send as a challenge. A username longer than
+/// [`MAX_USERNAME_LEN`] is refused before any lookup.
+pub(super) fn client_first<H: ScramHash>(
+    msg: &[u8],
+    accounts: &AccountStore,
+    server_secret: &[u8; 32],
+    nonce_override: Option<&str>,
+) -> Result<(ServerState<H>, Vec<u8>), Failure> {
+    let ClientFirst {
+        flag,
+        authz,
+        bare,
+        authzid,
+        authcid,
+        client_nonce,
+    } = parse_client_first(msg)?;
+    if authcid.len() > MAX_USERNAME_LEN {
+        return Err(Failure::NotAuthorized);
     }
     if let Some(authzid) = &authzid {
         if !authzid_allowed(authzid, &authcid) {
@@ -460,6 +500,24 @@ mod tests {
                 additional_data: Some(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()),
             }
         );
+    }
+
+    #[test]
+    fn over_long_username_is_refused_before_lookup() {
+        let name = "u".repeat(MAX_USERNAME_LEN + 1);
+        let store = AccountStore::parse(&format!("{} plain:pw", &name[1..]), "t").unwrap();
+        for mech in [Mechanism::ScramSha1, Mechanism::ScramSha256] {
+            let first = format!("n,,n={name},r=abc");
+            let (s, step) = SaslSession::start(mech, Some(first.as_bytes()), &store, &SECRET);
+            assert_eq!(step, Step::Failure(Failure::NotAuthorized));
+            assert_eq!(s.attempted_username(), None);
+            assert_eq!(username(first.as_bytes()).as_deref(), Some(name.as_str()));
+            let first = format!("n,,n={},r=abc", &name[1..]);
+            let (_, step) = SaslSession::start(mech, Some(first.as_bytes()), &store, &SECRET);
+            assert!(matches!(step, Step::Challenge(_)), "{mech:?}");
+        }
+        assert_eq!(username(b"n,,n=,r=abc"), None);
+        assert_eq!(username(b"n,,n=A=2Cb,r=abc").as_deref(), Some("A,b"));
     }
 
     fn mixed_store() -> AccountStore {
