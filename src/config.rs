@@ -221,6 +221,11 @@ pub struct LimitsConfig {
     /// Seconds without a failure after which a username's or an address's failures are forgotten.
     #[serde(default = "defaults::login_failure_window_secs")]
     pub login_failure_window_secs: u64,
+    /// Milliseconds: a SASL failure that came from checking a client message (the only ones
+    /// whose cost depends on the kind of account) is answered no earlier than this after the
+    /// check began, so unknown users, plaintext and hashed accounts fail in the same time.
+    #[serde(default = "defaults::sasl_failure_floor_ms")]
+    pub sasl_failure_floor_ms: u64,
     /// Failed SASL attempts allowed on one connection before it is closed (`<policy-violation/>`).
     #[serde(default = "defaults::auth_attempts_per_connection")]
     pub auth_attempts_per_connection: u32,
@@ -305,6 +310,9 @@ mod defaults {
     }
     pub fn login_failure_window_secs() -> u64 {
         300
+    }
+    pub fn sasl_failure_floor_ms() -> u64 {
+        200
     }
     pub fn auth_attempts_per_connection() -> u32 {
         3

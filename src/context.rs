@@ -23,6 +23,8 @@ pub struct Context {
     pub write_timeout: Duration,
     pub outbox_capacity: usize,
     pub auth_attempts_per_connection: u32,
+    /// Least time from the start of a credential check to its failure answer.
+    pub sasl_failure_floor: Duration,
     /// ACS connections receive the answers to all their pending requests: their outbox holds
     /// up to `max_pending_per_acs` more, so an answer is never dropped for lack of room.
     pub acs_outbox_capacity: usize,
@@ -65,6 +67,7 @@ impl Context {
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
             outbox_capacity: limits.outbox_stanzas,
             auth_attempts_per_connection: limits.auth_attempts_per_connection,
+            sasl_failure_floor: Duration::from_millis(limits.sasl_failure_floor_ms),
             acs_outbox_capacity: limits.outbox_stanzas + config.requests.max_pending_per_acs,
             server_secret,
             component_secrets: config

@@ -232,3 +232,27 @@ async fn over_long_usernames_are_refused_before_any_lookup() {
     assert_eq!(broker.stat("logins_username_too_long"), 3);
     let _ = broker.cpe("cpe-0001").await;
 }
+
+#[tokio::test]
+async fn failures_are_answered_no_earlier_than_the_floor() {
+    // Default limits.sasl_failure_floor_ms = 200: a timer's lower bound, never an upper one.
+    let broker = TestBroker::start().await;
+    let mut peer = sasl_ready(DEVICE_IP, &broker).await;
+    for (user, password) in [("cpe-0003", "wrong"), ("nobody-here", "pw")] {
+        let started = Instant::now();
+        assert_eq!(
+            plain_attempt(&mut peer, user, password).await.as_deref(),
+            Some("not-authorized")
+        );
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "{user}: {took:?}");
+    }
+    // An unknown mechanism costs no credential check: no floor needed, but still an answer.
+    peer.send(&format!("<auth xmlns='{}' mechanism='X-NONE'/>", ns::SASL))
+        .await;
+    let answer = peer.element().await;
+    assert_eq!(
+        answer.first_child().map(|c| c.name.as_str()),
+        Some("invalid-mechanism")
+    );
+}

@@ -414,7 +414,9 @@ async fn sasl_attempt(
     Ok(step)
 }
 
-/// Feed `data` to the session; if it names a username, first wait out the login delay.
+/// Feed `data` to the session; if it names a username, first wait out the login delay. A failure
+/// is returned no earlier than `sasl_failure_floor` after the check began (a timer), so how long
+/// the check took (PBKDF2 for one kind of account, a hash for another) does not show.
 async fn delayed_step(
     session: &mut SaslSession,
     data: &[u8],
@@ -439,7 +441,12 @@ async fn delayed_step(
             *wait = Some(w);
         }
     }
-    session.step(data, &ctx.accounts)
+    let began = tokio::time::Instant::now();
+    let step = session.step(data, &ctx.accounts);
+    if let Step::Failure(_) = step {
+        tokio::time::sleep_until(began + ctx.sasl_failure_floor).await;
+    }
+    step
 }
 
 async fn bind(

@@ -97,6 +97,7 @@ pub struct TestOptions {
     pub login_delay_account_max_ms: u64,
     pub login_delay_address_free: u32,
     pub login_delay_address_max_ms: u64,
+    pub sasl_failure_floor_ms: u64,
     pub shutdown_timeout_secs: u64,
     pub max_pre_auth_per_ip: usize,
     pub max_sessions: usize,
@@ -117,6 +118,7 @@ impl Default for TestOptions {
             login_delay_account_max_ms: 2000,
             login_delay_address_free: 20,
             login_delay_address_max_ms: 8000,
+            sasl_failure_floor_ms: 200,
             shutdown_timeout_secs: 5,
             max_pre_auth_per_ip: 0,
             max_sessions: 0,
@@ -193,6 +195,7 @@ login_delay_account_free = {account_free}
 login_delay_account_max_ms = {account_max}
 login_delay_address_free = {address_free}
 login_delay_address_max_ms = {address_max}
+sasl_failure_floor_ms = {failure_floor}
 max_pre_auth_per_ip = {per_ip}
 max_sessions = {max_sessions}
 
@@ -213,6 +216,7 @@ max_pending_per_acs = {per_acs}
         account_max = options.login_delay_account_max_ms,
         address_free = options.login_delay_address_free,
         address_max = options.login_delay_address_max_ms,
+        failure_floor = options.sasl_failure_floor_ms,
         per_ip = options.max_pre_auth_per_ip,
         max_sessions = options.max_sessions,
         timeout = options.request_timeout_ms,

@@ -273,8 +273,8 @@ impl SaslSession {
                 &server_secret,
                 nonce_override.as_deref(),
             ),
-            State::ScramSha1(st) => scram::client_final(&st, response),
-            State::ScramSha256(st) => scram::client_final(&st, response),
+            State::ScramSha1(st) => scram::client_final(&st, response, accounts),
+            State::ScramSha256(st) => scram::client_final(&st, response, accounts),
             State::Done => Step::Failure(Failure::MalformedRequest),
         };
         if let Step::Failure(f) = &step {
