@@ -15,6 +15,17 @@ const TARGET: &str = "cpe-0007";
 const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const DEVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// A raw peer whose connection comes from `source` (any 127.x address reaches the broker on
+/// loopback): a second client address, for per-address behaviour.
+async fn tcp_from(source: IpAddr, addr: std::net::SocketAddr) -> RawPeer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    #[allow(deprecated)]
+    tcp.set_linger(Some(Duration::ZERO)).unwrap();
+    RawPeer::new(Box::new(tcp), ns::CLIENT)
+}
+
 /// One `<auth>` with PLAIN on an open stream; the SASL answer's condition (`""` for success),
 /// or None when the connection closed.
 async fn plain_attempt(peer: &mut RawPeer, user: &str, password: &str) -> Option<String> {
@@ -39,7 +50,7 @@ async fn plain_attempt(peer: &mut RawPeer, user: &str, password: &str) -> Option
 
 /// A TLS stream from `source` with the SASL features read, ready for `<auth>`.
 async fn sasl_ready(source: IpAddr, broker: &TestBroker) -> RawPeer {
-    let mut peer = RawPeer::tcp_from(source, broker.addr(STARTTLS))
+    let mut peer = tcp_from(source, broker.addr(STARTTLS))
         .await
         .starttls()
         .await;
@@ -62,7 +73,7 @@ fn spawn_guesser(
     tokio::spawn(async move {
         let mut round = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let mut peer = RawPeer::tcp_from(source, addr).await.starttls().await;
+            let mut peer = tcp_from(source, addr).await.starttls().await;
             peer.send(CLIENT_HEADER).await;
             peer.header().await;
             peer.element().await;

@@ -8,14 +8,111 @@
 //! them all alike. Every answer must be `<not-authorized/>`: a malformed attempt would be timed
 //! on a path that checks nothing.
 //!
-//! SCRAM attempts send a random proof with the right nonce and channel binding: the server checks
+//! SCRAM attempts send a made-up proof with the right nonce and channel binding: the server checks
 //! it exactly as a wrong password's proof, and the client needs no PBKDF2 of its own.
 
 use crate::cpe::{self, Stream, Target};
 use crate::xml::{self, Framer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use clap::Args;
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct LoginTimingArgs {
+    /// c2s address (STARTTLS, or direct TLS with --direct-tls). Loopback only.
+    #[arg(long, default_value = "127.0.0.1:15222")]
+    pub c2s: SocketAddr,
+    #[arg(long)]
+    pub direct_tls: bool,
+    #[arg(long, default_value = "example.net")]
+    pub domain: String,
+    /// Failed logins per case (9 cases: 3 kinds of username x 3 mechanisms).
+    #[arg(long, short = 'n', default_value_t = 200)]
+    pub count: usize,
+    /// A username with no account.
+    #[arg(long, default_value = "nobody-000000")]
+    pub unknown_user: String,
+    /// A `plain:` account.
+    #[arg(long, default_value = "cpe-000000")]
+    pub plain_user: String,
+    /// A `scram:` account (e.g. appended with `crbroker hash-password`).
+    #[arg(long, default_value = "hashed-000000")]
+    pub hashed_user: String,
+    /// Failed attempts per connection (at most the broker's auth_attempts_per_connection).
+    #[arg(long, default_value_t = 3)]
+    pub per_connection: u32,
+    /// Connect from 127.0.0.1 instead of 127.1.0.1.
+    #[arg(long)]
+    pub no_spread: bool,
+}
+
+/// The `login-timing` subcommand.
+pub fn main(args: LoginTimingArgs) -> ExitCode {
+    if !args.c2s.ip().is_loopback() {
+        eprintln!("crbroker-bench: {} is not a loopback address", args.c2s);
+        return ExitCode::from(2);
+    }
+    if args.count == 0 || args.per_connection == 0 {
+        eprintln!("crbroker-bench: --count and --per-connection must be at least 1");
+        return ExitCode::from(2);
+    }
+    let server_name = match rustls::pki_types::ServerName::try_from(args.domain.clone()) {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("crbroker-bench: --domain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = Target {
+        addr: args.c2s,
+        direct_tls: args.direct_tls,
+        domain: args.domain.clone(),
+        server_name,
+        tls: tokio_rustls::TlsConnector::from(crate::tls::insecure_client_config()),
+        resource: String::new(),
+        password: String::new(),
+        cr_password: String::new(),
+        spread_sources: !args.no_spread,
+    };
+    let users = Users {
+        unknown: args.unknown_user,
+        plain: args.plain_user,
+        hashed: args.hashed_user,
+    };
+    let plan = Plan {
+        count: args.count,
+        per_connection: args.per_connection,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crbroker-bench: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    match runtime.block_on(run(&target, &users, &plan)) {
+        Ok(table) => {
+            println!(
+                "{} failed logins per case over TLS, {:.0} s",
+                args.count,
+                started.elapsed().as_secs_f64()
+            );
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crbroker-bench login-timing: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {

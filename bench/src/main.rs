@@ -41,7 +41,7 @@ enum Command {
     /// Log in N CPEs, measure, send connection requests, close everything, report.
     Run(Box<RunArgs>),
     /// Time failed logins per kind of username and mechanism (unknown, plaintext, hashed account).
-    LoginTiming(LoginTimingArgs),
+    LoginTiming(logintiming::LoginTimingArgs),
     /// Print a side-by-side table of JSON reports (ratios against the first).
     Table {
         /// JSON report files written by `run --json-out` (the first is the baseline).
@@ -72,35 +72,6 @@ struct GenConfigArgs {
     direct_tls_port: u16,
     #[arg(long, default_value_t = 15347)]
     component_port: u16,
-}
-
-#[derive(Args)]
-struct LoginTimingArgs {
-    /// c2s address (STARTTLS, or direct TLS with --direct-tls). Loopback only.
-    #[arg(long, default_value = "127.0.0.1:15222")]
-    c2s: SocketAddr,
-    #[arg(long)]
-    direct_tls: bool,
-    #[arg(long, default_value = "example.net")]
-    domain: String,
-    /// Failed logins per case (9 cases: 3 kinds of username x 3 mechanisms).
-    #[arg(long, short = 'n', default_value_t = 200)]
-    count: usize,
-    /// A username with no account.
-    #[arg(long, default_value = "nobody-000000")]
-    unknown_user: String,
-    /// A `plain:` account.
-    #[arg(long, default_value = "cpe-000000")]
-    plain_user: String,
-    /// A `scram:` account (e.g. appended with `crbroker hash-password`).
-    #[arg(long, default_value = "hashed-000000")]
-    hashed_user: String,
-    /// Failed attempts per connection (at most the broker's auth_attempts_per_connection).
-    #[arg(long, default_value_t = 3)]
-    per_connection: u32,
-    /// Connect from 127.0.0.1 instead of 127.1.0.1.
-    #[arg(long)]
-    no_spread: bool,
 }
 
 #[derive(Args)]
@@ -177,72 +148,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::GenConfig(args) => gen_config(args),
         Command::Run(args) => run(*args),
-        Command::LoginTiming(args) => login_timing(args),
+        Command::LoginTiming(args) => logintiming::main(args),
         Command::Table { files } => table(&files),
-    }
-}
-
-fn login_timing(args: LoginTimingArgs) -> ExitCode {
-    if !args.c2s.ip().is_loopback() {
-        eprintln!("crbroker-bench: {} is not a loopback address", args.c2s);
-        return ExitCode::from(2);
-    }
-    if args.count == 0 || args.per_connection == 0 {
-        eprintln!("crbroker-bench: --count and --per-connection must be at least 1");
-        return ExitCode::from(2);
-    }
-    let server_name = match rustls::pki_types::ServerName::try_from(args.domain.clone()) {
-        Ok(name) => name,
-        Err(e) => {
-            eprintln!("crbroker-bench: --domain: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let target = cpe::Target {
-        addr: args.c2s,
-        direct_tls: args.direct_tls,
-        domain: args.domain.clone(),
-        server_name,
-        tls: tokio_rustls::TlsConnector::from(tls::insecure_client_config()),
-        resource: String::new(),
-        password: String::new(),
-        cr_password: String::new(),
-        spread_sources: !args.no_spread,
-    };
-    let users = logintiming::Users {
-        unknown: args.unknown_user,
-        plain: args.plain_user,
-        hashed: args.hashed_user,
-    };
-    let plan = logintiming::Plan {
-        count: args.count,
-        per_connection: args.per_connection,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("crbroker-bench: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let started = Instant::now();
-    match runtime.block_on(logintiming::run(&target, &users, &plan)) {
-        Ok(table) => {
-            println!(
-                "{} failed logins per case over TLS, {:.0} s",
-                args.count,
-                started.elapsed().as_secs_f64()
-            );
-            print!("{table}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("crbroker-bench login-timing: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

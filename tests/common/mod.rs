@@ -356,17 +356,6 @@ impl RawPeer {
         RawPeer::new(Box::new(tcp), ns::CLIENT)
     }
 
-    /// A raw peer whose connection comes from `source` (any 127.x address reaches the broker on
-    /// loopback): a second client address for tests of per-address behaviour.
-    pub async fn tcp_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> RawPeer {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
-        let tcp = socket.connect(addr).await.unwrap();
-        #[allow(deprecated)]
-        tcp.set_linger(Some(Duration::ZERO)).unwrap();
-        RawPeer::new(Box::new(tcp), ns::CLIENT)
-    }
-
     pub async fn direct_tls(addr: std::net::SocketAddr) -> RawPeer {
         let tcp = connect_resetting(addr).await;
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
