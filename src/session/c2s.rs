@@ -3,8 +3,11 @@
 //!
 //! The negotiation runs under one deadline (`limits.pre_auth_timeout_secs`) from TCP accept to
 //! bind. Before TLS the only feature offered is `<starttls><required/>`; nothing but STARTTLS is
-//! accepted there. Negotiation elements go out one per write (GenieACS reads only the first
-//! element of each TCP read while negotiating).
+//! accepted there. A SASL attempt waits out its login delay (src/throttle.rs) as soon as its
+//! username is known, before the credentials are looked at, and a failed credential check is
+//! answered no earlier than `limits.sasl_failure_floor_ms` after it began. Negotiation elements
+//! go out one per write (GenieACS reads only the first element of each TCP read while
+//! negotiating).
 
 use super::ready::{self, Ending};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, Transport};
