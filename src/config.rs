@@ -213,14 +213,32 @@ pub struct LimitsConfig {
     /// Seconds a session may keep a full outbox (its peer not reading) before it is closed.
     #[serde(default = "defaults::stuck_session_grace_secs")]
     pub stuck_session_grace_secs: u64,
-    /// Failed logins per account within `failed_login_window_secs` before further attempts are refused.
-    #[serde(default = "defaults::failed_logins_per_account")]
-    pub failed_logins_per_account: u32,
-    #[serde(default = "defaults::failed_login_window_secs")]
-    pub failed_login_window_secs: u64,
-    /// Seconds an account stays locked after too many failures.
-    #[serde(default = "defaults::failed_login_lockout_secs")]
-    pub failed_login_lockout_secs: u64,
+    /// Login delays (see src/throttle.rs and the README): before its credentials are checked, an
+    /// attempt waits `login_delay_base_ms * 2^(failures - free)`, capped, where `failures` are the
+    /// recent failures of its username (`login_delay_account_*`) or of its source address
+    /// (`login_delay_address_*`), whichever gives the longer wait. No lockout.
+    #[serde(default = "defaults::login_delay_base_ms")]
+    pub login_delay_base_ms: u64,
+    /// Recent failures of one username that cost no delay.
+    #[serde(default = "defaults::login_delay_account_free")]
+    pub login_delay_account_free: u32,
+    /// Longest delay due to one username's failures, in milliseconds.
+    #[serde(default = "defaults::login_delay_account_max_ms")]
+    pub login_delay_account_max_ms: u64,
+    /// Recent failures from one source address (IPv6: one /64) that cost no delay.
+    #[serde(default = "defaults::login_delay_address_free")]
+    pub login_delay_address_free: u32,
+    /// Longest delay due to one address's failures, in milliseconds.
+    #[serde(default = "defaults::login_delay_address_max_ms")]
+    pub login_delay_address_max_ms: u64,
+    /// Seconds without a failure after which a username's or an address's failures are forgotten.
+    #[serde(default = "defaults::login_failure_window_secs")]
+    pub login_failure_window_secs: u64,
+    /// Milliseconds: a SASL failure that came from checking a client message (the only ones
+    /// whose cost depends on the kind of account) is answered no earlier than this after the
+    /// check began, so unknown users, plaintext and hashed accounts fail in the same time.
+    #[serde(default = "defaults::sasl_failure_floor_ms")]
+    pub sasl_failure_floor_ms: u64,
     /// Failed SASL attempts allowed on one connection before it is closed (`<policy-violation/>`).
     #[serde(default = "defaults::auth_attempts_per_connection")]
     pub auth_attempts_per_connection: u32,
@@ -307,14 +325,26 @@ mod defaults {
     pub fn stuck_session_grace_secs() -> u64 {
         30
     }
-    pub fn failed_logins_per_account() -> u32 {
-        5
+    pub fn login_delay_base_ms() -> u64 {
+        250
     }
-    pub fn failed_login_window_secs() -> u64 {
-        60
+    pub fn login_delay_account_free() -> u32 {
+        3
     }
-    pub fn failed_login_lockout_secs() -> u64 {
+    pub fn login_delay_account_max_ms() -> u64 {
+        2000
+    }
+    pub fn login_delay_address_free() -> u32 {
+        20
+    }
+    pub fn login_delay_address_max_ms() -> u64 {
+        8000
+    }
+    pub fn login_failure_window_secs() -> u64 {
         300
+    }
+    pub fn sasl_failure_floor_ms() -> u64 {
+        200
     }
     pub fn auth_attempts_per_connection() -> u32 {
         3
@@ -479,6 +509,10 @@ impl Config {
             (
                 "limits.cpe_to_acs_per_minute",
                 limits.cpe_to_acs_per_minute as u64,
+            ),
+            (
+                "limits.login_failure_window_secs",
+                limits.login_failure_window_secs,
             ),
             (
                 "limits.auth_attempts_per_connection",

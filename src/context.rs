@@ -2,13 +2,13 @@
 //! accounts, TLS configurations, counters and the shutdown signal.
 
 use crate::auth::AccountStore;
-use crate::config::{Config, ListenerKind, SaslMechanismName};
+use crate::config::{Config, LimitsConfig, ListenerKind, SaslMechanismName};
 use crate::ops::metrics::Stats;
 use crate::outbox::OutboxLimits;
 use crate::proto::sasl::Mechanism;
 use crate::ratelimit::Rate;
 use crate::router::Router;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{DelayRule, LoginThrottle, ThrottleSettings};
 use crate::xml::FramerLimits;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ pub struct Context {
     pub acs_outbox_limits: OutboxLimits,
     /// What a CPE session may send to ACS entities unprompted.
     pub cpe_to_acs: Rate,
+    /// Least time from the start of a credential check to its failure answer.
+    pub sasl_failure_floor: Duration,
     /// Per-process secret for SCRAM fake salts of unknown users.
     pub server_secret: [u8; 32],
     /// Component domain -> secret.
@@ -58,11 +60,7 @@ impl Context {
             router,
             accounts,
             stats,
-            throttle: LoginThrottle::new(
-                limits.failed_logins_per_account,
-                Duration::from_secs(limits.failed_login_window_secs),
-                Duration::from_secs(limits.failed_login_lockout_secs),
-            ),
+            throttle: LoginThrottle::new(throttle_settings(limits)),
             limits: FramerLimits {
                 max_stanza_bytes: limits.max_stanza_bytes,
                 max_depth: limits.max_depth,
@@ -84,6 +82,7 @@ impl Context {
                 answer_bytes: limits.acs_outbox_answer_bytes,
             },
             cpe_to_acs: Rate::new(limits.cpe_to_acs_burst, limits.cpe_to_acs_per_minute),
+            sasl_failure_floor: Duration::from_millis(limits.sasl_failure_floor_ms),
             server_secret,
             component_secrets: config
                 .components
@@ -92,6 +91,23 @@ impl Context {
                 .collect(),
             shutdown,
         }
+    }
+}
+
+fn throttle_settings(limits: &LimitsConfig) -> ThrottleSettings {
+    let base = Duration::from_millis(limits.login_delay_base_ms);
+    ThrottleSettings {
+        account: DelayRule {
+            free: limits.login_delay_account_free,
+            base,
+            max: Duration::from_millis(limits.login_delay_account_max_ms),
+        },
+        address: DelayRule {
+            free: limits.login_delay_address_free,
+            base,
+            max: Duration::from_millis(limits.login_delay_address_max_ms),
+        },
+        window: Duration::from_secs(limits.login_failure_window_secs),
     }
 }
 

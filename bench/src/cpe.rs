@@ -102,7 +102,7 @@ async fn next_frame<S: AsyncRead + Unpin>(
 }
 
 /// The next top-level element; a stream error or close is an error naming what came.
-async fn next_element<S: AsyncRead + Unpin>(
+pub async fn next_element<S: AsyncRead + Unpin>(
     stream: &mut S,
     framer: &mut Framer,
     stage: &str,
@@ -118,7 +118,7 @@ async fn next_element<S: AsyncRead + Unpin>(
     }
 }
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) -> Result<(), String> {
+pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) -> Result<(), String> {
     stream
         .write_all(text.as_bytes())
         .await
@@ -127,7 +127,7 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) -> Result<(), S
 }
 
 /// Send our stream header and read the server's header and features.
-async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     framer: &mut Framer,
     domain: &str,
@@ -169,8 +169,8 @@ async fn connect_tcp(target: &Target, index: usize) -> Result<TcpStream, String>
     Ok(tcp)
 }
 
-/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL PLAIN, bind.
-pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
+/// TCP from client `index`'s source address, then TLS (after STARTTLS, or direct).
+pub async fn connect_tls(target: &Target, index: usize) -> Result<(Stream, Framer), String> {
     let mut tcp = connect_tcp(target, index).await?;
     let mut framer = Framer::new();
     if !target.direct_tls {
@@ -191,12 +191,17 @@ pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
             return Err("data after <proceed/> before the TLS handshake".into());
         }
     }
-    let mut stream = target
+    let stream = target
         .tls
         .connect(target.server_name.clone(), tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
+    Ok((stream, framer))
+}
 
+/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL PLAIN, bind.
+pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
+    let (mut stream, mut framer) = connect_tls(target, index).await?;
     let features = open_stream(&mut stream, &mut framer, &target.domain, "sasl").await?;
     if !features.contains(">PLAIN<") {
         return Err(format!("PLAIN not offered: {features}"));

@@ -7,6 +7,7 @@
 mod acs;
 mod cpe;
 mod genconfig;
+mod logintiming;
 mod preauth;
 mod procstat;
 mod report;
@@ -42,6 +43,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Hold N unauthenticated connections at one stage of a login; report broker RSS per connection.
     PreAuthMemory(PreAuthMemoryArgs),
+    /// Time failed logins per kind of username and mechanism (unknown, plaintext, hashed account).
+    LoginTiming(logintiming::LoginTimingArgs),
     /// Print a side-by-side table of JSON reports (ratios against the first).
     Table {
         /// JSON report files written by `run --json-out` (the first is the baseline).
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::GenConfig(args) => gen_config(args),
         Command::Run(args) => run(*args),
         Command::PreAuthMemory(args) => pre_auth_memory(args),
+        Command::LoginTiming(args) => logintiming::main(args),
         Command::Table { files } => table(&files),
     }
 }

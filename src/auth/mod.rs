@@ -20,7 +20,7 @@
 //!   `:` and `#`; they must not be empty.
 //! * `scram:` lines carry pre-hashed SCRAM credentials (RFC 5802 / RFC 7677)
 //!   for both SHA-1 and SHA-256, derived from the same salt and iteration
-//!   count: `iterations` is an integer in `1..=1000000`; the salt decodes to
+//!   count: `iterations` is an integer in `1..=100000` ([`MAX_ITERATIONS`]); the salt decodes to
 //!   1–128 bytes; the SHA-1 StoredKey/ServerKey decode to 20 bytes each and the
 //!   SHA-256 ones to 32 bytes each. Base64 is the standard alphabet, padding
 //!   optional. `crbroker hash-password` (see [`hash_line`]) prints such a line.
@@ -33,11 +33,22 @@
 //!
 //! # Plaintext accounts and SCRAM
 //!
-//! SCRAM keys for `plain:` accounts are not computed at load time. They are
-//! derived on the first SCRAM login of that account (PBKDF2 with
-//! [`PLAIN_SCRAM_ITERATIONS`] iterations and a salt derived with HMAC from a
-//! per-process random secret and the username, so every login in the same
-//! process sees the same salt) and cached inside the account.
+//! SCRAM keys for `plain:` accounts are not computed at load time. Their
+//! server-first message shows the store's typical parameters (see
+//! [`AccountStore::typical_scram`]: the iteration count and salt length of the
+//! most common kind of account) and a salt derived with HMAC from a per-process
+//! random secret and the username, so every login in the same process sees the
+//! same salt. The keys are derived (PBKDF2) when the first proof is checked,
+//! never before the challenge, and cached inside the account.
+//!
+//! # Timing
+//!
+//! Unknown users get the very same kind of parameters as `plain:` accounts, so
+//! a challenge does not tell the kinds apart, and no account kind runs PBKDF2
+//! before the challenge. What remains (PBKDF2 for a PLAIN login of a `scram:`
+//! account, the first SCRAM proof of a `plain:` account) is hidden by the
+//! failure floor of the c2s session (`limits.sasl_failure_floor_ms`), which is
+//! why [`MAX_ITERATIONS`] is capped so that its PBKDF2 stays far below that floor.
 
 pub(crate) mod crypto;
 
@@ -55,14 +66,21 @@ use subtle::ConstantTimeEq;
 
 use crypto::{ScramHash, Sha1Scram, Sha256Scram};
 
-/// Iteration count used for the lazily derived SCRAM keys of `plain:`
-/// accounts (and for the fake credentials of unknown users when the store
-/// holds mostly `plain:` accounts).
+/// Iteration count of the lazily derived SCRAM keys of `plain:` accounts and of
+/// the fake parameters of unknown users when the store holds mostly `plain:`
+/// accounts (otherwise the most common `scram:` count is used for both).
 pub const PLAIN_SCRAM_ITERATIONS: u32 = 4096;
+/// Salt length, in bytes, to go with [`PLAIN_SCRAM_ITERATIONS`] (the length
+/// `crbroker hash-password` writes).
+pub const PLAIN_SCRAM_SALT_LEN: usize = 16;
 /// Smallest accepted iteration count in a `scram:` line.
 pub const MIN_ITERATIONS: u32 = 1;
-/// Largest accepted iteration count in a `scram:` line.
-pub const MAX_ITERATIONS: u32 = 1_000_000;
+/// Largest accepted iteration count in a `scram:` line. One PBKDF2-HMAC-SHA-256
+/// at this count takes about 11 ms in the broker on the reference machine (release; see
+/// bench/README.md), well under the default SASL failure floor of 200 ms, so a
+/// PLAIN login of a `scram:` account fails no later than any other; and no
+/// login attempt costs the broker more than one PBKDF2 at this count.
+pub const MAX_ITERATIONS: u32 = 100_000;
 /// Longest accepted username, in bytes (the XMPP localpart limit).
 pub const MAX_USERNAME_LEN: usize = 1023;
 /// Longest accepted salt, in bytes (decoded).
@@ -147,7 +165,7 @@ pub enum LineProblem {
     #[error("`scram:` expects 6 `:`-separated fields (iterations, salt, SHA-1 StoredKey, SHA-1 ServerKey, SHA-256 StoredKey, SHA-256 ServerKey), found {0}")]
     ScramFieldCount(usize),
     /// Iteration count not an integer in range.
-    #[error("iteration count {0:?} is not an integer between 1 and 1000000")]
+    #[error("iteration count {0:?} is not an integer between 1 and 100000")]
     BadIterations(String),
     /// A field is not valid base64.
     #[error("{0} is not valid base64")]
@@ -202,13 +220,6 @@ pub struct Account {
     cred: Credential,
 }
 
-/// The salt, iteration count and keys a SCRAM server needs for one account.
-pub(crate) struct ScramMaterial<K> {
-    pub(crate) salt: Vec<u8>,
-    pub(crate) iterations: u32,
-    pub(crate) keys: KeyPair<K>,
-}
-
 impl Account {
     fn plain(password: &str) -> Account {
         Account {
@@ -232,38 +243,43 @@ impl Account {
         }
     }
 
-    /// SCRAM salt, iterations and keys for hash `H`. For `plain:` accounts
-    /// the keys are derived on first use and cached. `username` must be the
-    /// normalised username this account is stored under. `None` only when
-    /// the OS random source is unavailable (plain accounts need the
-    /// per-process secret).
-    pub(crate) fn scram_material<H: ScramHash>(
-        &self,
-        username: &str,
-    ) -> Option<ScramMaterial<H::Key>> {
+    /// StoredKey and ServerKey for hash `H`: the stored ones of a `scram:`
+    /// account; for a `plain:` account derived with `params` (PBKDF2) on first
+    /// use and cached. `params` must be what [`AccountStore::scram_params`]
+    /// gave for this account.
+    pub(crate) fn scram_keys<H: ScramHash>(&self, params: &ScramParams) -> KeyPair<H::Key> {
         match &self.cred {
-            Credential::Scram(c) => Some(ScramMaterial {
-                salt: c.salt.to_vec(),
-                iterations: c.iterations,
-                keys: *H::keys(c),
+            Credential::Scram(c) => *H::keys(c),
+            Credential::Plain { password, cache } => **H::cache(cache).get_or_init(|| {
+                Box::new(crypto::derive_keys::<H>(
+                    password.as_bytes(),
+                    &params.salt,
+                    params.iterations,
+                ))
             }),
-            Credential::Plain { password, cache } => {
-                let salt = plain_account_salt(username)?;
-                let keys = H::cache(cache).get_or_init(|| {
-                    Box::new(crypto::derive_keys::<H>(
-                        password.as_bytes(),
-                        &salt,
-                        PLAIN_SCRAM_ITERATIONS,
-                    ))
-                });
-                Some(ScramMaterial {
-                    salt: salt.to_vec(),
-                    iterations: PLAIN_SCRAM_ITERATIONS,
-                    keys: **keys,
-                })
-            }
         }
     }
+}
+
+#[cfg(test)]
+impl Account {
+    /// Whether a `plain:` account's SCRAM keys have been derived (tests: no PBKDF2 before the
+    /// proof is checked).
+    pub(crate) fn scram_keys_derived(&self) -> bool {
+        match &self.cred {
+            Credential::Plain { cache, .. } => {
+                cache.sha1.get().is_some() || cache.sha256.get().is_some()
+            }
+            Credential::Scram(_) => true,
+        }
+    }
+}
+
+/// What a SCRAM server-first message shows: salt and iteration count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScramParams {
+    pub(crate) salt: Vec<u8>,
+    pub(crate) iterations: u32,
 }
 
 impl fmt::Debug for Account {
@@ -282,17 +298,25 @@ impl fmt::Debug for Account {
     }
 }
 
-/// Salt of the lazily derived SCRAM keys of a `plain:` account.
-fn plain_account_salt(username: &str) -> Option<[u8; 16]> {
+/// The salt shown for a `plain:` account or an unknown user: `len` bytes of
+/// HMAC-SHA-256 output keyed by the per-process secret, over the username.
+fn derived_salt(username: &str, len: usize) -> Option<Vec<u8>> {
     let secret = crypto::process_secret()?;
-    Some(crypto::prf(
-        secret,
-        b"crbroker plain-account scram salt",
-        username.as_bytes(),
-    ))
+    let mut salt = Vec::with_capacity(len);
+    let mut block = 0u8;
+    while salt.len() < len {
+        let out = Sha256Scram::hmac(
+            secret,
+            &[b"crbroker scram salt\0", &[block], username.as_bytes()],
+        );
+        let take = (len - salt.len()).min(out.len());
+        salt.extend_from_slice(out.get(..take).unwrap_or_default());
+        block = block.wrapping_add(1);
+    }
+    Some(salt)
 }
 
-/// Maximum number of distinct iteration counts tracked for statistics.
+/// Maximum number of distinct (iteration count, salt length) pairs tracked.
 const MAX_TRACKED_ITERATION_COUNTS: usize = 32;
 /// Salt used by the dummy verification of unknown users.
 const DUMMY_SALT: [u8; 16] = *b"crbroker-dummy-s";
@@ -304,8 +328,9 @@ const DUMMY_PASSWORD: &[u8] = b"crbroker dummy password for unknown users";
 pub struct AccountStore {
     accounts: HashMap<Box<str>, Account>,
     plain_count: usize,
-    /// Distinct iteration counts of `scram:` accounts and how often each occurs.
-    scram_iterations: Vec<(u32, usize)>,
+    /// Distinct (iteration count, salt length) pairs of `scram:` accounts and
+    /// how often each occurs.
+    scram_kinds: Vec<((u32, usize), usize)>,
 }
 
 impl fmt::Debug for AccountStore {
@@ -410,14 +435,11 @@ impl AccountStore {
         match &account.cred {
             Credential::Plain { .. } => self.plain_count += 1,
             Credential::Scram(c) => {
-                if let Some(entry) = self
-                    .scram_iterations
-                    .iter_mut()
-                    .find(|(i, _)| *i == c.iterations)
-                {
+                let kind = (c.iterations, c.salt.len());
+                if let Some(entry) = self.scram_kinds.iter_mut().find(|(k, _)| *k == kind) {
                     entry.1 += 1;
-                } else if self.scram_iterations.len() < MAX_TRACKED_ITERATION_COUNTS {
-                    self.scram_iterations.push((c.iterations, 1));
+                } else if self.scram_kinds.len() < MAX_TRACKED_ITERATION_COUNTS {
+                    self.scram_kinds.push((kind, 1));
                 }
             }
         }
@@ -451,29 +473,56 @@ impl AccountStore {
             .map(|(k, a)| (&**k, a))
     }
 
-    /// The iteration count of the most common kind of account, used for the
-    /// fake SCRAM parameters of unknown users: the most frequent `scram:`
-    /// iteration count if `scram:` accounts are at least as common as
-    /// `plain:` ones, else [`PLAIN_SCRAM_ITERATIONS`].
-    pub(crate) fn typical_iterations(&self) -> u32 {
-        self.dominant_scram_iterations()
-            .unwrap_or(PLAIN_SCRAM_ITERATIONS)
+    /// Iteration count and salt length of the most common kind of account:
+    /// the most frequent `scram:` pair if `scram:` accounts with it are at
+    /// least as many as `plain:` ones, else ([`PLAIN_SCRAM_ITERATIONS`],
+    /// [`PLAIN_SCRAM_SALT_LEN`]). `plain:` accounts and unknown users show
+    /// these in SCRAM, so they look like the majority.
+    pub(crate) fn typical_scram(&self) -> (u32, usize) {
+        self.dominant_scram()
+            .unwrap_or((PLAIN_SCRAM_ITERATIONS, PLAIN_SCRAM_SALT_LEN))
     }
 
-    fn dominant_scram_iterations(&self) -> Option<u32> {
-        let (iterations, count) = self
-            .scram_iterations
+    fn dominant_scram(&self) -> Option<(u32, usize)> {
+        let (kind, count) = self
+            .scram_kinds
             .iter()
             .copied()
             .max_by_key(|&(_, count)| count)?;
-        (count >= self.plain_count).then_some(iterations)
+        (count >= self.plain_count).then_some(kind)
+    }
+
+    /// Salt and iteration count for a SCRAM server-first message, without any
+    /// PBKDF2: the stored ones of a `scram:` account; for a `plain:` account
+    /// or an unknown user (`account` None) the typical count and a salt of the
+    /// typical length derived from `username` (normalised). `None` only when
+    /// the OS random source is unavailable.
+    pub(crate) fn scram_params(
+        &self,
+        username: &str,
+        account: Option<&Account>,
+    ) -> Option<ScramParams> {
+        if let Some(Account {
+            cred: Credential::Scram(c),
+        }) = account
+        {
+            return Some(ScramParams {
+                salt: c.salt.to_vec(),
+                iterations: c.iterations,
+            });
+        }
+        let (iterations, salt_len) = self.typical_scram();
+        Some(ScramParams {
+            salt: derived_salt(username, salt_len)?,
+            iterations,
+        })
     }
 
     /// Work equivalent to [`verify_plain`] on a typical account, for PLAIN
     /// logins of unknown users. Always returns `false`.
     pub(crate) fn dummy_verify(&self, password: &[u8]) -> bool {
-        match self.dominant_scram_iterations() {
-            Some(iterations) => {
+        match self.dominant_scram() {
+            Some((iterations, _)) => {
                 let salted = Sha256Scram::salted_password(password, &DUMMY_SALT, iterations);
                 let client_key = Sha256Scram::hmac(&salted, &[b"Client Key"]);
                 let stored = Sha256Scram::hash(&client_key);
@@ -802,7 +851,7 @@ mod tests {
             line_err(&format!("y {GOOD_SCRAM}:extra")),
             (1, LineProblem::ScramFieldCount(7))
         );
-        for bad in ["0", "1000001", "-1", "abc", "", "99999999999"] {
+        for bad in ["0", "100001", "1000000", "-1", "abc", "", "99999999999"] {
             assert_eq!(
                 line_err(&with(1, bad)).1,
                 LineProblem::BadIterations(bad.into()),
@@ -944,33 +993,59 @@ mod tests {
     }
 
     #[test]
-    fn plain_account_scram_material_is_cached_and_stable() {
+    fn plain_account_scram_keys_are_cached_and_stable() {
         let store = AccountStore::parse("alice plain:pencil", "f").unwrap();
         let (name, acc) = store.lookup("alice").unwrap();
-        let a = acc.scram_material::<Sha256Scram>(name).unwrap();
-        let b = acc.scram_material::<Sha256Scram>(name).unwrap();
-        assert_eq!(a.salt, b.salt);
-        assert_eq!(a.salt.len(), 16);
+        let a = store.scram_params(name, Some(acc)).unwrap();
+        assert_eq!(store.scram_params(name, Some(acc)), Some(a.clone()));
+        assert_eq!(a.salt.len(), PLAIN_SCRAM_SALT_LEN);
         assert_eq!(a.iterations, PLAIN_SCRAM_ITERATIONS);
-        assert!(a.keys == b.keys);
+        let k = acc.scram_keys::<Sha256Scram>(&a);
+        assert!(k == acc.scram_keys::<Sha256Scram>(&a));
         let expected = crypto::derive_keys::<Sha256Scram>(b"pencil", &a.salt, 4096);
-        assert!(a.keys == expected);
-        let s1 = acc.scram_material::<Sha1Scram>(name).unwrap();
-        assert_eq!(s1.salt, a.salt);
+        assert!(k == expected);
+        // An unknown user's parameters have the same shape, and differ per name.
+        let unknown = store.scram_params("mallory", None).unwrap();
+        assert_eq!(unknown.iterations, a.iterations);
+        assert_eq!(unknown.salt.len(), a.salt.len());
+        assert_ne!(unknown.salt, a.salt);
+        assert_eq!(store.scram_params("mallory", None), Some(unknown));
     }
 
     #[test]
-    fn typical_iterations_follow_majority() {
-        let salt = [7u8; 16];
-        let s = |i| scram_credential(b"p", i, &salt);
-        let text = format!("a {}\nb {}\nc {}\nd plain:x", s(10), s(10), s(20));
+    fn typical_parameters_follow_the_majority() {
+        let s = |i, salt: &[u8]| scram_credential(b"p", i, salt);
+        let text = format!(
+            "a {}\nb {}\nc {}\nd plain:x",
+            s(10, &[7u8; 24]),
+            s(10, &[8u8; 24]),
+            s(20, &[7u8; 16])
+        );
         let store = AccountStore::parse(&text, "f").unwrap();
-        assert_eq!(store.typical_iterations(), 10);
+        assert_eq!(store.typical_scram(), (10, 24));
         assert!(!store.dummy_verify(b"p"));
+        // Plain accounts and unknown users look like the majority.
+        let d = store.get("d").unwrap();
+        let params = store.scram_params("d", Some(d)).unwrap();
+        assert_eq!((params.iterations, params.salt.len()), (10, 24));
+        let params = store.scram_params("nobody", None).unwrap();
+        assert_eq!((params.iterations, params.salt.len()), (10, 24));
+        // A scram account shows its own.
+        let c = store.get("c").unwrap();
+        let params = store.scram_params("c", Some(c)).unwrap();
+        assert_eq!(
+            params,
+            ScramParams {
+                salt: vec![7u8; 16],
+                iterations: 20
+            }
+        );
         let store = AccountStore::parse("a plain:x\nb plain:y", "f").unwrap();
-        assert_eq!(store.typical_iterations(), PLAIN_SCRAM_ITERATIONS);
+        assert_eq!(store.typical_scram(), (PLAIN_SCRAM_ITERATIONS, 16));
         assert!(!store.dummy_verify(DUMMY_PASSWORD));
-        assert_eq!(AccountStore::new().typical_iterations(), 4096);
+        assert_eq!(AccountStore::new().typical_scram(), (4096, 16));
+        // Salts longer than one HMAC block are filled.
+        assert_eq!(derived_salt("x", 128).unwrap().len(), 128);
     }
 
     #[test]

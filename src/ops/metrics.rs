@@ -27,8 +27,15 @@ counters! {
     sessions_online,
     logins_ok,
     logins_failed,
-    /// Logins refused because the account is locked after too many failures.
-    logins_throttled,
+    /// SASL attempts that waited before their check because of recent failures (src/throttle.rs).
+    logins_delayed,
+    /// Total milliseconds those attempts waited.
+    login_delay_ms_total,
+    /// Generations dropped from the login failure tables (a high rate means the tables are
+    /// flooded with names or addresses and records live shorter than the window).
+    login_failure_generations_dropped,
+    /// Attempts refused at once because the username is longer than auth::MAX_USERNAME_LEN.
+    logins_username_too_long,
     auth_plain,
     auth_scram_sha1,
     auth_scram_sha256,

@@ -3,11 +3,15 @@
 //!
 //! The negotiation runs under one deadline (`limits.pre_auth_timeout_secs`) from TCP accept to
 //! bind. Before TLS the only feature offered is `<starttls><required/>`; nothing but STARTTLS is
-//! accepted there. Negotiation elements go out one per write (GenieACS reads only the first
-//! element of each TCP read while negotiating).
+//! accepted there. A SASL attempt waits out its login delay (src/throttle.rs) as soon as its
+//! username is known, before the credentials are looked at, and a failed credential check is
+//! answered no earlier than `limits.sasl_failure_floor_ms` after it began. Negotiation elements
+//! go out one per write (GenieACS reads only the first element of each TCP read while
+//! negotiating).
 
 use super::ready::{self, Ending};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, Transport};
+use crate::auth::MAX_USERNAME_LEN;
 use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
@@ -15,9 +19,11 @@ use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
+use crate::throttle::Wait;
 use crate::tls::TlsStream;
 use crate::xml::{ns, writer, Element, Frame, StreamHeader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -81,7 +87,7 @@ pub async fn serve<S: Transport + Send + 'static>(
                 ns::CLIENT,
                 ctx.write_timeout,
             ));
-            after_tls(conn, conn_id, deadline, &listener, &ctx).await
+            after_tls(conn, conn_id, peer.ip(), deadline, &listener, &ctx).await
         });
         // The negotiation's state (TLS handshake, SASL) is freed once it is done, so the
         // long-lived task holds only what the ready loop needs. The select's result is a
@@ -108,13 +114,14 @@ type TlsConn<S> = Conn<TlsStream<S>>;
 async fn after_tls<S: Transport>(
     mut conn: Box<TlsConn<S>>,
     conn_id: u64,
+    ip: IpAddr,
     deadline: tokio::time::Instant,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Option<(Box<TlsConn<S>>, Arc<SessionHandle>, String)> {
     match tokio::time::timeout_at(
         deadline,
-        authenticate_and_bind(&mut conn, conn_id, listener, ctx),
+        authenticate_and_bind(&mut conn, conn_id, ip, listener, ctx),
     )
     .await
     {
@@ -276,6 +283,7 @@ async fn next_element<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result
 async fn authenticate_and_bind<S: Transport>(
     conn: &mut TlsConn<S>,
     conn_id: u64,
+    ip: IpAddr,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Result<(Arc<SessionHandle>, String), Refused> {
@@ -289,7 +297,7 @@ async fn authenticate_and_bind<S: Transport>(
     }
     features.push_str("</mechanisms></stream:features>");
     send_str(conn, &features).await?;
-    let username = sasl_exchange(conn, listener, ctx).await?;
+    let username = sasl_exchange(conn, ip, listener, ctx).await?;
 
     conn.restart_stream();
     open_stream(conn, ctx).await?;
@@ -303,6 +311,7 @@ async fn authenticate_and_bind<S: Transport>(
 
 async fn sasl_exchange<S: Transport>(
     conn: &mut TlsConn<S>,
+    ip: IpAddr,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Result<String, Refused> {
@@ -322,65 +331,7 @@ async fn sasl_exchange<S: Transport>(
             None => Step::Failure(sasl::Failure::InvalidMechanism),
             Some(mechanism) => match sasl::decode_payload(&element.text()) {
                 Err(failure) => Step::Failure(failure),
-                Ok(initial) => {
-                    let (mut session, mut step) = SaslSession::start(
-                        mechanism,
-                        initial.as_deref(),
-                        &ctx.accounts,
-                        &ctx.server_secret,
-                    );
-                    while let Step::Challenge(challenge) = &step {
-                        let text = format!(
-                            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
-                            sasl::encode_payload(challenge)
-                        );
-                        send_str(conn, &text).await?;
-                        let reply = next_element(conn, ctx).await?;
-                        step = if reply.is("response", ns::SASL) {
-                            match sasl::decode_payload(&reply.text()) {
-                                Ok(data) => session.step(&data.unwrap_or_default(), &ctx.accounts),
-                                Err(failure) => Step::Failure(failure),
-                            }
-                        } else if reply.is("abort", ns::SASL) {
-                            session.abort()
-                        } else {
-                            conn.send_stream_error(&ctx.domain, "not-authorized", None)
-                                .await;
-                            return Err(Refused);
-                        };
-                    }
-                    let attempted = session.attempted_username().map(str::to_owned);
-                    match step {
-                        Step::Success { username, .. }
-                            if ctx.throttle.is_locked(&username, Instant::now()) =>
-                        {
-                            Stats::bump(&ctx.stats.logins_throttled);
-                            Step::Failure(sasl::Failure::NotAuthorized)
-                        }
-                        Step::Success {
-                            username,
-                            additional_data,
-                        } => {
-                            ctx.throttle.record_success(&username);
-                            Stats::bump(match mechanism {
-                                Mechanism::Plain => &ctx.stats.auth_plain,
-                                Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
-                                Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
-                            });
-                            Step::Success {
-                                username,
-                                additional_data,
-                            }
-                        }
-                        Step::Failure(failure) => {
-                            if let Some(user) = attempted {
-                                ctx.throttle.record_failure(&user, Instant::now());
-                            }
-                            Step::Failure(failure)
-                        }
-                        Step::Challenge(_) => Step::Failure(sasl::Failure::MalformedRequest),
-                    }
-                }
+                Ok(initial) => sasl_attempt(conn, mechanism, initial, ip, ctx).await?,
             },
         };
         match step {
@@ -417,9 +368,106 @@ async fn sasl_exchange<S: Transport>(
                     return Err(Refused);
                 }
             }
-            Step::Challenge(_) => unreachable!("challenges are handled above"),
+            Step::Challenge(_) => unreachable!("challenges are handled in sasl_attempt"),
         }
     }
+}
+
+/// One SASL exchange, `<auth>` to success or failure (never a challenge). The login delay
+/// (src/throttle.rs) runs as soon as the username is known, before the credentials are looked
+/// at; the outcome is counted against the username and the address.
+async fn sasl_attempt<S: Transport>(
+    conn: &mut TlsConn<S>,
+    mechanism: Mechanism,
+    initial: Option<Vec<u8>>,
+    ip: IpAddr,
+    ctx: &Context,
+) -> Result<Step, Refused> {
+    // Started without the initial response, so that the delay can run before it is checked.
+    let (mut session, _) = SaslSession::start(mechanism, None, &ctx.accounts, &ctx.server_secret);
+    let mut wait = None;
+    let mut step = match initial.filter(|data| !data.is_empty()) {
+        Some(data) => delayed_step(&mut session, &data, ip, &mut wait, ctx).await,
+        None => Step::Challenge(Vec::new()),
+    };
+    while let Step::Challenge(challenge) = &step {
+        let text = format!(
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
+            sasl::encode_payload(challenge)
+        );
+        send_str(conn, &text).await?;
+        let reply = next_element(conn, ctx).await?;
+        step = if reply.is("response", ns::SASL) {
+            match sasl::decode_payload(&reply.text()) {
+                Ok(data) => {
+                    let data = data.unwrap_or_default();
+                    delayed_step(&mut session, &data, ip, &mut wait, ctx).await
+                }
+                Err(failure) => Step::Failure(failure),
+            }
+        } else if reply.is("abort", ns::SASL) {
+            session.abort()
+        } else {
+            conn.send_stream_error(&ctx.domain, "not-authorized", None)
+                .await;
+            return Err(Refused);
+        };
+    }
+    match (&step, &wait) {
+        (Step::Success { .. }, Some(wait)) => ctx.throttle.record_success(wait),
+        (Step::Failure(_), Some(wait)) if session.attempted_username().is_some() => {
+            let dropped = ctx.throttle.record_failure(wait, Instant::now());
+            ctx.stats
+                .login_failure_generations_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    if let Step::Success { .. } = step {
+        Stats::bump(match mechanism {
+            Mechanism::Plain => &ctx.stats.auth_plain,
+            Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
+            Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
+        });
+    }
+    Ok(step)
+}
+
+/// Feed `data` to the session; if it names a username, first wait out the login delay. A failure
+/// is returned no earlier than `sasl_failure_floor` after the check began (a timer), so how long
+/// the check took (PBKDF2 for one kind of account, a hash for another) does not show.
+async fn delayed_step(
+    session: &mut SaslSession,
+    data: &[u8],
+    ip: IpAddr,
+    wait: &mut Option<Wait>,
+    ctx: &Context,
+) -> Step {
+    if let Some(username) = session.username_in(data) {
+        if username.len() > MAX_USERNAME_LEN {
+            // The step refuses it without a lookup; no throttle work for it either.
+            Stats::bump(&ctx.stats.logins_username_too_long);
+        } else {
+            let w = ctx.throttle.wait(&username, ip, Instant::now());
+            if !w.delay.is_zero() {
+                Stats::bump(&ctx.stats.logins_delayed);
+                let ms = u64::try_from(w.delay.as_millis()).unwrap_or(u64::MAX);
+                ctx.stats
+                    .login_delay_ms_total
+                    .fetch_add(ms, Ordering::Relaxed);
+                tokio::time::sleep(w.delay).await;
+            }
+            *wait = Some(w);
+        }
+    }
+    let began = tokio::time::Instant::now();
+    let step = session.step(data, &ctx.accounts);
+    let answer_at = began + ctx.sasl_failure_floor;
+    // Only when still ahead: a timer whose deadline has passed still waits for the next tick.
+    if matches!(step, Step::Failure(_)) && tokio::time::Instant::now() < answer_at {
+        tokio::time::sleep_until(answer_at).await;
+    }
+    step
 }
 
 async fn bind<S: Transport>(

@@ -94,7 +94,12 @@ pub struct TestOptions {
     pub stuck_session_grace_secs: u64,
     pub pre_auth_timeout_secs: u64,
     pub max_stanza_bytes: usize,
-    pub failed_logins_per_account: u32,
+    pub login_delay_base_ms: u64,
+    pub login_delay_account_free: u32,
+    pub login_delay_account_max_ms: u64,
+    pub login_delay_address_free: u32,
+    pub login_delay_address_max_ms: u64,
+    pub sasl_failure_floor_ms: u64,
     pub shutdown_timeout_secs: u64,
     pub max_pre_auth_per_ip: usize,
     pub max_sessions: usize,
@@ -112,7 +117,12 @@ impl Default for TestOptions {
             stuck_session_grace_secs: 30,
             pre_auth_timeout_secs: 20,
             max_stanza_bytes: 16384,
-            failed_logins_per_account: 5,
+            login_delay_base_ms: 250,
+            login_delay_account_free: 3,
+            login_delay_account_max_ms: 2000,
+            login_delay_address_free: 20,
+            login_delay_address_max_ms: 8000,
+            sasl_failure_floor_ms: 200,
             shutdown_timeout_secs: 5,
             max_pre_auth_per_ip: 0,
             max_sessions: 0,
@@ -186,7 +196,12 @@ max_stanza_bytes = {max_stanza}
 pre_auth_timeout_secs = {pre_auth}
 outbox_stanzas = {outbox}
 stuck_session_grace_secs = {grace}
-failed_logins_per_account = {failed}
+login_delay_base_ms = {delay_base}
+login_delay_account_free = {account_free}
+login_delay_account_max_ms = {account_max}
+login_delay_address_free = {address_free}
+login_delay_address_max_ms = {address_max}
+sasl_failure_floor_ms = {failure_floor}
 max_pre_auth_per_ip = {per_ip}
 max_sessions = {max_sessions}
 cpe_to_acs_burst = {burst}
@@ -204,7 +219,12 @@ max_pending_per_acs = {per_acs}
         pre_auth = options.pre_auth_timeout_secs,
         outbox = options.outbox_stanzas,
         grace = options.stuck_session_grace_secs,
-        failed = options.failed_logins_per_account,
+        delay_base = options.login_delay_base_ms,
+        account_free = options.login_delay_account_free,
+        account_max = options.login_delay_account_max_ms,
+        address_free = options.login_delay_address_free,
+        address_max = options.login_delay_address_max_ms,
+        failure_floor = options.sasl_failure_floor_ms,
         per_ip = options.max_pre_auth_per_ip,
         max_sessions = options.max_sessions,
         burst = options.cpe_to_acs_burst,

@@ -273,8 +273,8 @@ impl SaslSession {
                 &server_secret,
                 nonce_override.as_deref(),
             ),
-            State::ScramSha1(st) => scram::client_final(&st, response),
-            State::ScramSha256(st) => scram::client_final(&st, response),
+            State::ScramSha1(st) => scram::client_final(&st, response, accounts),
+            State::ScramSha256(st) => scram::client_final(&st, response, accounts),
             State::Done => Step::Failure(Failure::MalformedRequest),
         };
         if let Step::Failure(f) = &step {
@@ -322,6 +322,18 @@ impl SaslSession {
                 }
             }
             Mechanism::Plain => Step::Failure(Failure::MalformedRequest),
+        }
+    }
+
+    /// The username `response` names, if feeding it to [`step`](Self::step) would look
+    /// credentials up: PLAIN's message, or SCRAM's client-first-message. Not case folded and
+    /// not length checked (the step refuses names over [`crate::auth::MAX_USERNAME_LEN`]).
+    /// The caller applies its login delay with it before calling `step`.
+    pub fn username_in<'m>(&self, response: &'m [u8]) -> Option<std::borrow::Cow<'m, str>> {
+        match self.state {
+            State::AwaitPlain => plain::username(response).map(std::borrow::Cow::Borrowed),
+            State::AwaitScramFirst { .. } => scram::username(response).map(std::borrow::Cow::Owned),
+            _ => None,
         }
     }
 

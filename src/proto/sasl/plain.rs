@@ -1,33 +1,53 @@
 //! SASL PLAIN (RFC 4616), server side: `[authzid] NUL authcid NUL passwd`.
 
 use super::{authzid_allowed, Failure, Step};
-use crate::auth::{verify_plain, AccountStore};
+use crate::auth::{verify_plain, AccountStore, MAX_USERNAME_LEN};
 
 /// Longest PLAIN message accepted (authzid + authcid + password + 2 NULs).
 const MAX_MESSAGE_LEN: usize = 8 * 1024;
 
-/// Verify one PLAIN message. Returns the attempted (lowercased) username
-/// when the message was well-formed enough to contain one, and the step.
-pub(super) fn authenticate(msg: &[u8], accounts: &AccountStore) -> (Option<Box<str>>, Step) {
-    let fail = |f| (None, Step::Failure(f));
+/// The parts of a PLAIN message: authzid, authcid, password.
+type Parts<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// Split a PLAIN message without checking anything against the store.
+fn parse(msg: &[u8]) -> Result<Parts<'_>, Failure> {
     if msg.is_empty() || msg.len() > MAX_MESSAGE_LEN {
-        return fail(Failure::MalformedRequest);
+        return Err(Failure::MalformedRequest);
     }
     let mut parts = msg.split(|&b| b == 0);
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return fail(Failure::MalformedRequest);
+        return Err(Failure::MalformedRequest);
     };
     let (Ok(authzid), Ok(authcid)) = (std::str::from_utf8(authzid), std::str::from_utf8(authcid))
     else {
-        return fail(Failure::MalformedRequest);
+        return Err(Failure::MalformedRequest);
     };
     if authcid.is_empty() || password.is_empty() {
-        return fail(Failure::MalformedRequest);
+        return Err(Failure::MalformedRequest);
+    }
+    Ok((authzid, authcid, password))
+}
+
+/// The username a PLAIN message names (as sent, not case folded), if it is well-formed.
+pub(super) fn username(msg: &[u8]) -> Option<&str> {
+    parse(msg).ok().map(|(_, authcid, _)| authcid)
+}
+
+/// Verify one PLAIN message. Returns the attempted (lowercased) username
+/// when the message was well-formed enough to contain one, and the step.
+/// A username longer than [`MAX_USERNAME_LEN`] is refused before any lookup.
+pub(super) fn authenticate(msg: &[u8], accounts: &AccountStore) -> (Option<Box<str>>, Step) {
+    let (authzid, authcid, password) = match parse(msg) {
+        Ok(parts) => parts,
+        Err(f) => return (None, Step::Failure(f)),
+    };
+    if authcid.len() > MAX_USERNAME_LEN {
+        return (None, Step::Failure(Failure::NotAuthorized));
     }
     if !authzid_allowed(authzid, authcid) {
-        return fail(Failure::InvalidAuthzid);
+        return (None, Step::Failure(Failure::InvalidAuthzid));
     }
     let attempted = Some(authcid.to_ascii_lowercase().into_boxed_str());
     let step = match accounts.lookup(authcid) {
@@ -145,6 +165,26 @@ mod tests {
         }
         let huge = [b"\0alice\0".as_slice(), &vec![b'x'; MAX_MESSAGE_LEN]].concat();
         assert_eq!(run(Some(&huge), None), m);
+    }
+
+    #[test]
+    fn over_long_username_is_refused_before_lookup() {
+        let name = "u".repeat(MAX_USERNAME_LEN + 1);
+        let msg = format!("\0{name}\0pw");
+        let store = AccountStore::parse(&format!("{} plain:pw", &name[1..]), "t").unwrap();
+        let (attempted, step) = authenticate(msg.as_bytes(), &store);
+        assert_eq!(
+            (attempted, step),
+            (None, Step::Failure(Failure::NotAuthorized))
+        );
+        // The longest allowed name still works.
+        let ok_msg = format!("\0{}\0pw", &name[1..]);
+        assert!(matches!(
+            authenticate(ok_msg.as_bytes(), &store).1,
+            Step::Success { .. }
+        ));
+        assert_eq!(username(msg.as_bytes()), Some(name.as_str()));
+        assert_eq!(username(b"\0\0pw"), None);
     }
 
     #[test]

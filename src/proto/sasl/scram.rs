@@ -2,9 +2,11 @@
 //! channel binding (GS2 flags `n` and `y` accepted, `p=` rejected).
 //!
 //! Unknown users get a server-first message with fake but stable parameters
-//! (salt derived with HMAC from the server secret and the username) and fail
-//! at the proof check with `not-authorized`, doing the same work as a wrong
-//! password.
+//! (the store's typical iteration count and salt length, a salt derived with
+//! HMAC from a per-process secret and the username: exactly what a `plain:`
+//! account shows) and fail at the proof check with `not-authorized`. No
+//! account kind runs PBKDF2 before the challenge: a `plain:` account's keys are
+//! derived when its proof is checked.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -12,7 +14,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::{authzid_allowed, Failure, Step, B64};
 use crate::auth::crypto::{self, ScramHash};
-use crate::auth::{AccountStore, KeyPair};
+use crate::auth::{AccountStore, KeyPair, ScramParams, MAX_USERNAME_LEN};
 
 /// Longest client-first / client-final message accepted.
 const MAX_MESSAGE_LEN: usize = 4096;
@@ -26,8 +28,12 @@ pub(super) struct ServerState<H: ScramHash> {
     server_first: Box<str>,
     nonce: Box<str>,
     username: Box<str>,
-    keys: KeyPair<H::Key>,
+    /// What the server-first message showed; a `plain:` account's keys are derived from it.
+    params: ScramParams,
     known: bool,
+    /// Keys the fake credentials of unknown users (see [`fake_keys`]).
+    server_secret: [u8; 32],
+    _hash: std::marker::PhantomData<H>,
 }
 
 impl<H: ScramHash> ServerState<H> {
@@ -77,14 +83,18 @@ fn malformed<T>(why: &'static str) -> Result<T, Failure> {
     Err(Failure::MalformedRequest)
 }
 
-/// Handle client-first-message; on success returns the state and the
-/// server-first-message to send as a challenge.
-pub(super) fn client_first<H: ScramHash>(
-    msg: &[u8],
-    accounts: &AccountStore,
-    server_secret: &[u8; 32],
-    nonce_override: Option<&str>,
-) -> Result<(ServerState<H>, Vec<u8>), Failure> {
+/// The fields of a client-first-message the server uses.
+struct ClientFirst<'a> {
+    flag: &'a str,
+    authz: &'a str,
+    bare: &'a str,
+    authzid: Option<String>,
+    authcid: String,
+    client_nonce: &'a str,
+}
+
+/// Parse a client-first-message without looking at the store.
+fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, Failure> {
     if msg.len() > MAX_MESSAGE_LEN {
         return malformed("client-first too long");
     }
@@ -133,41 +143,56 @@ pub(super) fn client_first<H: ScramHash>(
     if !attrs.all(valid_extension) {
         return malformed("bad extension");
     }
+    Ok(ClientFirst {
+        flag,
+        authz,
+        bare,
+        authzid,
+        authcid,
+        client_nonce,
+    })
+}
+
+/// The username a client-first-message names (unescaped, not case folded), if it is
+/// well-formed.
+pub(super) fn username(msg: &[u8]) -> Option<String> {
+    parse_client_first(msg).ok().map(|first| first.authcid)
+}
+
+/// Handle client-first-message; on success returns the state and the
+/// server-first-message to send as a challenge. A username longer than
+/// [`MAX_USERNAME_LEN`] is refused before any lookup.
+pub(super) fn client_first<H: ScramHash>(
+    msg: &[u8],
+    accounts: &AccountStore,
+    server_secret: &[u8; 32],
+    nonce_override: Option<&str>,
+) -> Result<(ServerState<H>, Vec<u8>), Failure> {
+    let ClientFirst {
+        flag,
+        authz,
+        bare,
+        authzid,
+        authcid,
+        client_nonce,
+    } = parse_client_first(msg)?;
+    if authcid.len() > MAX_USERNAME_LEN {
+        return Err(Failure::NotAuthorized);
+    }
     if let Some(authzid) = &authzid {
         if !authzid_allowed(authzid, &authcid) {
             return Err(Failure::InvalidAuthzid);
         }
     }
 
-    // Credentials: real ones, or fake but stable ones for unknown users.
-    let (username, salt, iterations, keys, known) = match accounts.lookup(&authcid) {
-        Some((name, account)) => {
-            let Some(m) = account.scram_material::<H>(name) else {
-                return Err(Failure::TemporaryAuthFailure);
-            };
-            (name.to_owned(), m.salt, m.iterations, m.keys, true)
-        }
-        None => {
-            let name = authcid.to_ascii_lowercase();
-            let salt: [u8; 16] = crypto::prf(server_secret, b"scram fake salt", name.as_bytes());
-            let keys = KeyPair {
-                stored: H::hmac(
-                    server_secret,
-                    &[b"scram fake stored key\0", name.as_bytes()],
-                ),
-                server: H::hmac(
-                    server_secret,
-                    &[b"scram fake server key\0", name.as_bytes()],
-                ),
-            };
-            (
-                name,
-                salt.to_vec(),
-                accounts.typical_iterations(),
-                keys,
-                false,
-            )
-        }
+    // Parameters only (no PBKDF2 here, for any kind of account): real ones, or fake but stable
+    // ones for unknown users.
+    let (username, account) = match accounts.lookup(&authcid) {
+        Some((name, account)) => (name.to_owned(), Some(account)),
+        None => (authcid.to_ascii_lowercase(), None),
+    };
+    let Some(params) = accounts.scram_params(&username, account) else {
+        return Err(Failure::TemporaryAuthFailure);
     };
 
     let server_nonce = match nonce_override {
@@ -182,7 +207,11 @@ pub(super) fn client_first<H: ScramHash>(
         }
     };
     let nonce = format!("{client_nonce}{server_nonce}");
-    let server_first = format!("r={nonce},s={},i={iterations}", STANDARD.encode(&salt));
+    let server_first = format!(
+        "r={nonce},s={},i={}",
+        STANDARD.encode(&params.salt),
+        params.iterations
+    );
     let challenge = server_first.clone().into_bytes();
     let gs2_header = format!("{flag},{authz},");
     Ok((
@@ -192,23 +221,56 @@ pub(super) fn client_first<H: ScramHash>(
             server_first: server_first.into(),
             nonce: nonce.into(),
             username: username.into(),
-            keys,
-            known,
+            params,
+            known: account.is_some(),
+            server_secret: *server_secret,
+            _hash: std::marker::PhantomData,
         },
         challenge,
     ))
 }
 
+/// Stable fake keys of an unknown user (never match: `known` is false too).
+fn fake_keys<H: ScramHash>(server_secret: &[u8; 32], name: &str) -> KeyPair<H::Key> {
+    KeyPair {
+        stored: H::hmac(
+            server_secret,
+            &[b"scram fake stored key\0", name.as_bytes()],
+        ),
+        server: H::hmac(
+            server_secret,
+            &[b"scram fake server key\0", name.as_bytes()],
+        ),
+    }
+}
+
+/// The keys to check the proof with: the account's (for a `plain:` account derived now, on its
+/// first SCRAM login, then cached), or an unknown user's fake ones.
+fn keys_for<H: ScramHash>(st: &ServerState<H>, accounts: &AccountStore) -> (KeyPair<H::Key>, bool) {
+    match accounts.lookup(&st.username).filter(|_| st.known) {
+        Some((_, account)) => (account.scram_keys::<H>(&st.params), true),
+        None => (fake_keys::<H>(&st.server_secret, &st.username), false),
+    }
+}
+
 /// Handle client-final-message: check channel binding and nonce, verify the
 /// proof in constant time, and answer with the server signature.
-pub(super) fn client_final<H: ScramHash>(st: &ServerState<H>, msg: &[u8]) -> Step {
-    match verify_final(st, msg) {
+pub(super) fn client_final<H: ScramHash>(
+    st: &ServerState<H>,
+    msg: &[u8],
+    accounts: &AccountStore,
+) -> Step {
+    match verify_final(st, msg, accounts) {
         Ok(step) => step,
         Err(f) => Step::Failure(f),
     }
 }
 
-fn verify_final<H: ScramHash>(st: &ServerState<H>, msg: &[u8]) -> Result<Step, Failure> {
+fn verify_final<H: ScramHash>(
+    st: &ServerState<H>,
+    msg: &[u8],
+    accounts: &AccountStore,
+) -> Result<Step, Failure> {
     if msg.len() > MAX_MESSAGE_LEN {
         return malformed("client-final too long");
     }
@@ -254,7 +316,8 @@ fn verify_final<H: ScramHash>(st: &ServerState<H>, msg: &[u8]) -> Result<Step, F
         b",",
         without_proof.as_bytes(),
     ];
-    let client_signature = H::hmac(st.keys.stored.as_ref(), &auth_message);
+    let (keys, known) = keys_for(st, accounts);
+    let client_signature = H::hmac(keys.stored.as_ref(), &auth_message);
     let mut client_key = proof;
     for (k, s) in client_key
         .as_mut()
@@ -264,9 +327,8 @@ fn verify_final<H: ScramHash>(st: &ServerState<H>, msg: &[u8]) -> Result<Step, F
         *k ^= s;
     }
     let computed_stored = H::hash(client_key.as_ref());
-    let ok =
-        computed_stored.as_ref().ct_eq(st.keys.stored.as_ref()) & Choice::from(u8::from(st.known));
-    let server_signature = H::hmac(st.keys.server.as_ref(), &auth_message);
+    let ok = computed_stored.as_ref().ct_eq(keys.stored.as_ref()) & Choice::from(u8::from(known));
+    let server_signature = H::hmac(keys.server.as_ref(), &auth_message);
 
     if bool::from(ok) {
         let mut server_final = b"v=".to_vec();
@@ -460,6 +522,65 @@ mod tests {
                 additional_data: Some(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()),
             }
         );
+    }
+
+    #[test]
+    fn over_long_username_is_refused_before_lookup() {
+        let name = "u".repeat(MAX_USERNAME_LEN + 1);
+        let store = AccountStore::parse(&format!("{} plain:pw", &name[1..]), "t").unwrap();
+        for mech in [Mechanism::ScramSha1, Mechanism::ScramSha256] {
+            let first = format!("n,,n={name},r=abc");
+            let (s, step) = SaslSession::start(mech, Some(first.as_bytes()), &store, &SECRET);
+            assert_eq!(step, Step::Failure(Failure::NotAuthorized));
+            assert_eq!(s.attempted_username(), None);
+            assert_eq!(username(first.as_bytes()).as_deref(), Some(name.as_str()));
+            let first = format!("n,,n={},r=abc", &name[1..]);
+            let (_, step) = SaslSession::start(mech, Some(first.as_bytes()), &store, &SECRET);
+            assert!(matches!(step, Step::Challenge(_)), "{mech:?}");
+        }
+        assert_eq!(username(b"n,,n=,r=abc"), None);
+        assert_eq!(username(b"n,,n=A=2Cb,r=abc").as_deref(), Some("A,b"));
+    }
+
+    #[test]
+    fn no_pbkdf2_before_the_proof_and_unknown_users_look_like_plain_accounts() {
+        let store = mixed_store();
+        let server_first = |user: &str| {
+            let first = format!("n,,n={user},r=abc");
+            let (_, step) = SaslSession::start(
+                Mechanism::ScramSha256,
+                Some(first.as_bytes()),
+                &store,
+                &SECRET,
+            );
+            let Step::Challenge(c) = step else {
+                panic!("{step:?}")
+            };
+            let text = String::from_utf8(c).unwrap();
+            let salt = text
+                .split(",s=")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_owned();
+            let iterations = text.rsplit(",i=").next().unwrap().to_owned();
+            (STANDARD.decode(salt).unwrap().len(), iterations)
+        };
+        let alice = server_first("alice");
+        assert!(!store.get("alice").unwrap().scram_keys_derived());
+        assert_eq!(server_first("nobody"), alice);
+        assert_eq!(alice, (16, "4096".to_string()));
+        // The keys come with the proof check.
+        assert!(success("alice")(&exchange::<Sha256Scram>(
+            &store,
+            "n,,",
+            "alice",
+            "wonder:land",
+            true
+        )));
+        assert!(store.get("alice").unwrap().scram_keys_derived());
     }
 
     fn mixed_store() -> AccountStore {
