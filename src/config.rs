@@ -251,6 +251,10 @@ pub struct LimitsConfig {
     /// Most connections (sessions) in all (0 = no cap).
     #[serde(default)]
     pub max_sessions: usize,
+    /// Seconds a connection may be silent before the kernel probes it with TCP keepalives
+    /// (0 = off). A CPE that lost power sends no FIN; this finds it.
+    #[serde(default = "defaults::tcp_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +285,9 @@ mod defaults {
     }
     pub fn tls_versions() -> Vec<TlsVersion> {
         vec![TlsVersion::Tls12, TlsVersion::Tls13]
+    }
+    pub fn tcp_keepalive_secs() -> u64 {
+        120
     }
     /// See config.toml for how these two were chosen.
     pub fn max_pre_auth_per_ip() -> usize {

@@ -23,6 +23,8 @@ pub struct Context {
     pub limits: FramerLimits,
     pub pre_auth_timeout: Duration,
     pub write_timeout: Duration,
+    /// Idle time before TCP keepalive probes (None = off).
+    pub tcp_keepalive: Option<Duration>,
     /// Outbox bounds of a CPE session (it is owed no answers).
     pub outbox_limits: OutboxLimits,
     pub auth_attempts_per_connection: u32,
@@ -70,6 +72,8 @@ impl Context {
             },
             pre_auth_timeout: Duration::from_secs(limits.pre_auth_timeout_secs),
             write_timeout: Duration::from_secs(limits.stuck_session_grace_secs.max(1)),
+            tcp_keepalive: (limits.tcp_keepalive_secs > 0)
+                .then(|| Duration::from_secs(limits.tcp_keepalive_secs)),
             outbox_limits: OutboxLimits {
                 stanzas: limits.outbox_stanzas,
                 bytes: limits.outbox_bytes,

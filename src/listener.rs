@@ -52,6 +52,9 @@ pub async fn accept_loop(
         let settings = settings.clone();
         // Stanzas go out in one write each; never wait for more.
         let _ = tcp.set_nodelay(true);
+        if let Some(idle) = ctx.tcp_keepalive {
+            set_keepalive(&tcp, idle);
+        }
         // One task type per service: a task is as large as its future, and a c2s session must
         // not pay for the component session's state (or the other way round).
         match (service, &settings) {
@@ -63,5 +66,19 @@ pub async fn accept_loop(
             }
             (Service::C2s, None) => {}
         }
+    }
+}
+
+/// TCP keepalive: after `idle` without traffic, probe every `idle / 4` (at least 10 s), give up
+/// after 4 unanswered probes. A CPE that vanished without a FIN (power loss, NAT state dropped)
+/// is then found within about twice `idle`, its session ends and its pending requests are answered.
+fn set_keepalive(tcp: &tokio::net::TcpStream, idle: std::time::Duration) {
+    let interval = (idle / 4).max(std::time::Duration::from_secs(10));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
     }
 }

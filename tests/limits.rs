@@ -307,3 +307,39 @@ async fn sloppy_stanzas_never_end_a_cpe_session() {
     );
     witness.connection_request_succeeds().await;
 }
+
+/// The broker turns on TCP keepalive for every accepted connection (`limits.tcp_keepalive_secs`,
+/// default 120 s), so a CPE that vanished without a FIN is found. Read from the kernel: the
+/// broker's end of the connection in /proc/net/tcp runs the keepalive timer (`tr` 2) due in about
+/// 120 s.
+#[tokio::test]
+async fn accepted_connections_run_the_tcp_keepalive_timer() {
+    let broker = TestBroker::start().await;
+    let server = broker.addr(STARTTLS);
+    let client = tokio::net::TcpStream::connect(server).await.unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let wanted = (
+        format!(":{:04X}", server.port()),
+        format!(":{:04X}", client_port),
+    );
+    let line = table
+        .lines()
+        .find(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.len() > 5 && fields[1].ends_with(&wanted.0) && fields[2].ends_with(&wanted.1)
+        })
+        .unwrap_or_else(|| panic!("the broker's end of the connection is not in /proc/net/tcp"));
+    let timer = line.split_whitespace().nth(5).unwrap();
+    let (kind, when) = timer.split_once(':').unwrap();
+    let ticks = u64::from_str_radix(when, 16).unwrap();
+    // USER_HZ is 100 on Linux: ticks / 100 = seconds until the timer fires.
+    assert_eq!(kind, "02", "keepalive timer expected, got {timer}: {line}");
+    assert!(
+        (100 * 100..=120 * 100).contains(&ticks),
+        "keepalive due in {} s, expected about 120 s",
+        ticks / 100
+    );
+    drop(client);
+}
