@@ -12,7 +12,7 @@ use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
-use crate::ops::metrics::Stats;
+use crate::ops::metrics::{LoginOutcome, Stats};
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
 use crate::tls::TlsStream;
@@ -60,6 +60,7 @@ pub async fn serve<S: Transport + Send + 'static>(
             };
             // The connection lives in a Box from here on, and no named local holds the TLS
             // stream: a moved-from local keeps its full size reserved in this future's layout.
+            let tls_started = Instant::now();
             let conn = Box::new(Conn::new(
                 match tokio::time::timeout_at(
                     deadline,
@@ -67,12 +68,17 @@ pub async fn serve<S: Transport + Send + 'static>(
                 )
                 .await
                 {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        ctx.stats.tls_handshake_done(true, tls_started);
+                        tls
+                    }
                     Ok(Err(e)) => {
+                        ctx.stats.tls_handshake_done(false, tls_started);
                         tracing::debug!("TLS handshake failed: {e}");
                         return None;
                     }
                     Err(_) => {
+                        ctx.stats.tls_handshake_done(false, tls_started);
                         tracing::debug!("TLS handshake timed out");
                         return None;
                     }
@@ -94,7 +100,7 @@ pub async fn serve<S: Transport + Send + 'static>(
         };
         guard.authenticated();
         tracing::Span::current().record("jid", handle.jid.as_str());
-        Stats::bump(&ctx.stats.sessions_online);
+        ctx.stats.session_opened(handle.role);
         let ending = ready::run(&mut conn, &handle, &ctx).await;
         finish(&mut conn, &handle, &bare, &ctx, ending).await;
     }
@@ -140,9 +146,7 @@ async fn finish<S: Transport>(
     if handle.role == Role::Cpe {
         ctx.router.cpe_gone(handle.conn_id);
     }
-    ctx.stats
-        .sessions_online
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.session_closed(handle.role);
     ready::close(conn, &ctx.domain, &ctx.stats, ending).await;
 }
 
@@ -309,6 +313,7 @@ async fn sasl_exchange<S: Transport>(
     let mut failures = 0;
     loop {
         let element = next_element(conn, ctx).await?;
+        let login_started = Instant::now();
         if !element.is("auth", ns::SASL) {
             conn.send_stream_error(&ctx.domain, "not-authorized", None)
                 .await;
@@ -355,6 +360,8 @@ async fn sasl_exchange<S: Transport>(
                             if ctx.throttle.is_locked(&username, Instant::now()) =>
                         {
                             Stats::bump(&ctx.stats.logins_throttled);
+                            ctx.stats
+                                .login_done(mechanism, LoginOutcome::Throttled, login_started);
                             Step::Failure(sasl::Failure::NotAuthorized)
                         }
                         Step::Success {
@@ -362,6 +369,8 @@ async fn sasl_exchange<S: Transport>(
                             additional_data,
                         } => {
                             ctx.throttle.record_success(&username);
+                            ctx.stats
+                                .login_done(mechanism, LoginOutcome::Ok, login_started);
                             Stats::bump(match mechanism {
                                 Mechanism::Plain => &ctx.stats.auth_plain,
                                 Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
@@ -373,6 +382,8 @@ async fn sasl_exchange<S: Transport>(
                             }
                         }
                         Step::Failure(failure) => {
+                            ctx.stats
+                                .login_done(mechanism, LoginOutcome::Failed, login_started);
                             if let Some(user) = attempted {
                                 ctx.throttle.record_failure(&user, Instant::now());
                             }
