@@ -34,6 +34,11 @@ impl ConnectionCaps {
         }
     }
 
+    /// Connections accepted and not yet authenticated.
+    pub fn pre_auth(&self) -> usize {
+        self.pre_auth_total.load(Ordering::Relaxed)
+    }
+
     fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         self.pre_auth_per_ip
             .lock()

@@ -73,6 +73,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub requests: RequestsConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// Directory that relative paths (certificates, accounts file) are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -271,8 +275,49 @@ pub struct RequestsConfig {
     pub max_pending_per_acs: usize,
 }
 
+/// The operations HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "defaults::ops_enabled")]
+    pub enabled: bool,
+    /// Loopback by default: the endpoints carry no authentication.
+    #[serde(default = "defaults::ops_address")]
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging; `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `info,crbroker::requests=debug`.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
 mod defaults {
-    use super::{SaslMechanismName, TlsVersion};
+    use super::{LogFormat, SaslMechanismName, TlsVersion};
+    pub fn ops_enabled() -> bool {
+        true
+    }
+    pub fn ops_address() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 5280))
+    }
+    pub fn log_format() -> LogFormat {
+        LogFormat::Text
+    }
+    pub fn log_level() -> String {
+        "info,crbroker::requests=warn".into()
+    }
     pub fn shutdown_timeout_secs() -> u64 {
         5
     }
@@ -376,6 +421,18 @@ impl Default for LimitsConfig {
 impl Default for RequestsConfig {
     fn default() -> Self {
         toml::from_str("").expect("requests defaults")
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("ops defaults")
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("log defaults")
     }
 }
 

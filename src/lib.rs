@@ -27,6 +27,8 @@ use crate::caps::ConnectionCaps;
 use crate::config::{Config, ListenerKind};
 use crate::context::{Context, ListenerSettings};
 use crate::listener::{accept_loop, Service};
+use crate::ops::exposition::Sources;
+use crate::ops::http::{OpsState, Phase};
 use crate::ops::metrics::Stats;
 use crate::pending::PendingTable;
 use crate::proto::stanza::ErrorType;
@@ -60,22 +62,19 @@ pub struct Broker {
     pub component_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     pub router: Arc<Router>,
+    /// The ops listener's state and bound address (None when `ops.enabled` is false).
+    ops: Option<(Arc<OpsState>, SocketAddr)>,
+    stop_ops: watch::Sender<bool>,
     stop_accepting: watch::Sender<bool>,
     stop_sessions: watch::Sender<bool>,
     shutdown_timeout: Duration,
 }
 
 impl Broker {
-    /// Load accounts and TLS material, bind every listener and start serving.
+    /// Bind the ops listener (it answers `/readyz` 503 while starting), load accounts and TLS
+    /// material, bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         let started = std::time::Instant::now();
-        let accounts = load_accounts(&config)?;
-        tracing::info!(
-            accounts = accounts.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "accounts loaded"
-        );
-        let identity = tls::Identity::load_or_create(&config)?;
         let stats = Arc::new(Stats::default());
         let requests = &config.requests;
         let pending = PendingTable::new(
@@ -90,6 +89,35 @@ impl Broker {
             pending,
             stats.clone(),
         ));
+        let caps = Arc::new(ConnectionCaps::new(
+            config.limits.max_sessions,
+            config.limits.max_pre_auth_per_ip,
+            config.limits.max_pre_auth_total,
+        ));
+        // Dropped (stopping the ops listener) if the start fails below.
+        let (stop_ops, ops_rx) = watch::channel(false);
+        let ops = match config.ops.enabled {
+            true => Some(
+                start_ops(
+                    &config,
+                    Sources {
+                        stats: stats.clone(),
+                        router: router.clone(),
+                        caps: caps.clone(),
+                    },
+                    ops_rx,
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        let accounts = load_accounts(&config)?;
+        tracing::info!(
+            accounts = accounts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "accounts loaded"
+        );
+        let identity = tls::Identity::load_or_create(&config)?;
         let (stop_accepting, accepting_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
         let ctx = Arc::new(Context::new(
@@ -98,11 +126,6 @@ impl Broker {
             Arc::new(accounts),
             stats.clone(),
             sessions_rx,
-        ));
-        let caps = Arc::new(ConnectionCaps::new(
-            config.limits.max_sessions,
-            config.limits.max_pre_auth_per_ip,
-            config.limits.max_pre_auth_total,
         ));
 
         let mut c2s_addrs = Vec::new();
@@ -153,6 +176,9 @@ impl Broker {
             ));
         }
         tokio::spawn(expire_requests(router.clone(), accepting_rx));
+        if let Some((state, _)) = &ops {
+            state.set_phase(Phase::Ready);
+        }
         tracing::info!(
             domain = config.domain(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -163,6 +189,8 @@ impl Broker {
             component_addr,
             stats,
             router,
+            ops,
+            stop_ops,
             stop_accepting,
             stop_sessions,
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
@@ -177,9 +205,18 @@ impl Broker {
             .map(|(_, a)| *a)
     }
 
-    /// Graceful shutdown: stop accepting, answer every pending request, send each stream
-    /// `<system-shutdown/>`, and wait (at most the configured bound) for connections to close.
+    /// The bound address of the ops HTTP listener (port 0 in the config becomes the real port).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, address)| *address)
+    }
+
+    /// Graceful shutdown: `/readyz` turns 503, stop accepting, answer every pending request,
+    /// send each stream `<system-shutdown/>`, and wait (at most the configured bound) for
+    /// connections to close. The ops listener serves until the end.
     pub async fn shutdown(self) {
+        if let Some((state, _)) = &self.ops {
+            state.set_phase(Phase::ShuttingDown);
+        }
         let _ = self.stop_accepting.send(true);
         let router = &self.router;
         for request in router.pending.drain_all() {
@@ -203,6 +240,7 @@ impl Broker {
                 "shutdown bound reached with connections still open"
             );
         }
+        let _ = self.stop_ops.send(true);
         tracing::info!("crbroker stopped");
     }
 }
@@ -214,6 +252,24 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(),
     tracing::info!("shutdown requested");
     broker.shutdown().await;
     Ok(())
+}
+
+/// Bind the ops listener and serve it (readiness: starting) until `stop`.
+async fn start_ops(
+    config: &Config,
+    sources: Sources,
+    stop: watch::Receiver<bool>,
+) -> Result<(Arc<OpsState>, SocketAddr), StartError> {
+    let (listener, address) = ops::http::bind(config.ops.address)
+        .await
+        .map_err(|source| StartError::Bind {
+            address: config.ops.address,
+            source,
+        })?;
+    let state = Arc::new(OpsState::new(sources));
+    ops::http::spawn(listener, ops::http::router(state.clone()), stop);
+    tracing::info!(%address, "ops listener ready (/metrics, /healthz, /readyz)");
+    Ok((state, address))
 }
 
 fn load_accounts(config: &Config) -> Result<AccountStore, StartError> {

@@ -1,7 +1,7 @@
 //! The `crbroker` command: run the broker, check a config, or hash a password.
 
 use clap::{Parser, Subcommand};
-use crbroker::config::{Config, DEFAULT_CONFIG};
+use crbroker::config::{Config, LogConfig, LogFormat, DEFAULT_CONFIG};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,14 +59,22 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,crbroker::requests=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+/// Logging from `[log]`; `RUST_LOG`, when set, wins over `log.level`. Logs go to stdout.
+fn init_tracing(log: &LogConfig) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Err(_) => EnvFilter::try_new(&log.level).map_err(|e| format!("log.level: {e}"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
 }
 
 fn run(config_path: Option<PathBuf>) -> ExitCode {
-    init_tracing();
     let config = match load_config(config_path) {
         Ok(config) => config,
         Err(e) => {
@@ -74,6 +82,10 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = init_tracing(&config.log) {
+        eprintln!("crbroker: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

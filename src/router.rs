@@ -6,7 +6,7 @@
 //! from an ACS to a CPE go through the [`PendingTable`] so each gets exactly one answer.
 
 use crate::jid::JidRef;
-use crate::ops::metrics::Stats;
+use crate::ops::metrics::{CrOutcome, Stats};
 use crate::outbox::{AnswerError, PushError};
 use crate::pending::{PendingRequest, PendingTable, Refusal, WireId};
 use crate::proto::stanza::{self, ErrorType, IqType, Kind};
@@ -289,7 +289,7 @@ impl Router {
         let to_attr = request.attr("to").unwrap_or_default().to_string();
         let started = Instant::now();
         let Some(cpe) = self.find_client(to) else {
-            Stats::bump(&self.stats.requests_offline);
+            self.stats.request_done(CrOutcome::Offline, started);
             log_outcome(&acs_jid, &to_attr, &acs_id, "offline", None, started);
             return Some(stanza::iq_error(
                 &acs_id,
@@ -315,7 +315,7 @@ impl Router {
                 id
             }
             Err(refusal) => {
-                Stats::bump(&self.stats.requests_overloaded);
+                self.stats.request_done(CrOutcome::Overload, started);
                 let why = match refusal {
                     Refusal::CpeBusy => "overload (cpe)",
                     Refusal::AcsBusy => "overload (acs)",
@@ -347,11 +347,13 @@ impl Router {
                     ),
                     PushError::Closed => ("service-unavailable", ErrorType::Cancel, "offline"),
                 };
-                if error == PushError::Full {
-                    Stats::bump(&self.stats.requests_overloaded);
-                } else {
-                    Stats::bump(&self.stats.requests_offline);
-                }
+                self.stats.request_done(
+                    match error {
+                        PushError::Full => CrOutcome::Overload,
+                        PushError::Closed => CrOutcome::Offline,
+                    },
+                    started,
+                );
                 log_outcome(&acs_jid, &entry.cpe_jid, &acs_id, outcome, None, started);
                 Some(stanza::iq_error(
                     &acs_id,
@@ -378,11 +380,13 @@ impl Router {
             return Err(answer);
         };
         let is_error = answer.attr("type") == Some("error");
-        if is_error {
-            Stats::bump(&self.stats.requests_answered_error);
-        } else {
-            Stats::bump(&self.stats.requests_answered_result);
-        }
+        self.stats.request_done(
+            match is_error {
+                true => CrOutcome::CpeError,
+                false => CrOutcome::CpeResult,
+            },
+            request.started,
+        );
         log_outcome(
             &request.acs_jid,
             &request.cpe_jid,
@@ -468,7 +472,7 @@ impl Router {
     /// Answer requests whose deadline passed.
     pub fn expire_requests(&self, now: Instant) {
         for request in self.pending.expired(now) {
-            Stats::bump(&self.stats.requests_timed_out);
+            self.stats.request_done(CrOutcome::Timeout, request.started);
             self.answer_for_cpe(request, "remote-server-timeout", ErrorType::Wait, "timeout");
         }
     }
@@ -476,7 +480,7 @@ impl Router {
     /// A CPE connection ended: answer everything pending for it at once.
     pub fn cpe_gone(&self, cpe_conn: u64) {
         for request in self.pending.for_cpe_gone(cpe_conn) {
-            Stats::bump(&self.stats.requests_cpe_gone);
+            self.stats.request_done(CrOutcome::CpeGone, request.started);
             self.answer_for_cpe(
                 request,
                 "service-unavailable",

@@ -1,16 +1,35 @@
-//! Broker-wide counters: lock-free atomics, cheap to bump on the hot path.
+//! Broker-wide counters, gauges and histograms: lock-free atomics, cheap to bump on the hot path.
+//! Nothing here formats anything: `ops::exposition` reads these at scrape time.
 
+use crate::proto::sasl::Mechanism;
+use crate::session::Role;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
-        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Sessions online by [`Role`] (indexed by `role_index`); `sessions_online` is their sum.
+            pub sessions_by_role: [AtomicU64; 3],
+            /// Connection-request round trip by [`CrOutcome`] (indexed by its discriminant).
+            pub request_round_trip: [Histogram; CrOutcome::ALL.len()],
+            /// Login duration (from `<auth/>` to success or failure) by mechanism and outcome.
+            pub login_duration: [[Histogram; LoginOutcome::ALL.len()]; Mechanism::ALL.len()],
+            /// TLS handshake duration: [ok, failed].
+            pub tls_handshake: [Histogram; 2],
+        }
 
         impl Stats {
             /// Every counter with its name, for logs and the admin view.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+
+            /// Every counter with its name and its doc comment (the metric's help text).
+            pub fn described(&self) -> [(&'static str, &'static str, u64); [$(stringify!($name)),*].len()] {
+                [$((stringify!($name), concat!("" $(, $doc)*), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
@@ -84,5 +103,229 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// A session came online (bound, or a component handshaken).
+    pub fn session_opened(&self, role: Role) {
+        Stats::bump(&self.sessions_online);
+        Stats::bump(&self.sessions_by_role[role_index(role)]);
+    }
+
+    pub fn session_closed(&self, role: Role) {
+        self.sessions_online.fetch_sub(1, Ordering::Relaxed);
+        self.sessions_by_role[role_index(role)].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection request got its one answer: count it under its outcome and time it.
+    pub fn request_done(&self, outcome: CrOutcome, started: Instant) {
+        Stats::bump(match outcome {
+            CrOutcome::CpeResult => &self.requests_answered_result,
+            CrOutcome::CpeError => &self.requests_answered_error,
+            CrOutcome::Offline => &self.requests_offline,
+            CrOutcome::Timeout => &self.requests_timed_out,
+            CrOutcome::Overload => &self.requests_overloaded,
+            CrOutcome::CpeGone => &self.requests_cpe_gone,
+        });
+        self.request_round_trip[outcome as usize].observe(started.elapsed());
+    }
+
+    /// A SASL exchange ended (one `<auth/>` attempt).
+    pub fn login_done(&self, mechanism: Mechanism, outcome: LoginOutcome, started: Instant) {
+        self.login_duration[mechanism_index(mechanism)][outcome as usize]
+            .observe(started.elapsed());
+    }
+
+    /// A TLS handshake ended (`ok` false: failed or timed out).
+    pub fn tls_handshake_done(&self, ok: bool, started: Instant) {
+        self.tls_handshake[usize::from(!ok)].observe(started.elapsed());
+    }
+}
+
+pub const ROLES: [(Role, &str); 3] = [
+    (Role::Cpe, "cpe"),
+    (Role::AcsAccount, "acs_account"),
+    (Role::Component, "component"),
+];
+
+pub fn role_index(role: Role) -> usize {
+    match role {
+        Role::Cpe => 0,
+        Role::AcsAccount => 1,
+        Role::Component => 2,
+    }
+}
+
+pub fn mechanism_index(mechanism: Mechanism) -> usize {
+    match mechanism {
+        Mechanism::Plain => 0,
+        Mechanism::ScramSha1 => 1,
+        Mechanism::ScramSha256 => 2,
+    }
+}
+
+/// Label values of `mechanism`, in `mechanism_index` order.
+pub const MECHANISM_LABELS: [&str; 3] = ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"];
+
+/// How a connection request ended (the `outcome` label; a bounded set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrOutcome {
+    CpeResult,
+    CpeError,
+    Offline,
+    Timeout,
+    Overload,
+    CpeGone,
+}
+
+impl CrOutcome {
+    pub const ALL: [CrOutcome; 6] = [
+        CrOutcome::CpeResult,
+        CrOutcome::CpeError,
+        CrOutcome::Offline,
+        CrOutcome::Timeout,
+        CrOutcome::Overload,
+        CrOutcome::CpeGone,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CrOutcome::CpeResult => "cpe_result",
+            CrOutcome::CpeError => "cpe_error",
+            CrOutcome::Offline => "offline",
+            CrOutcome::Timeout => "timeout",
+            CrOutcome::Overload => "overload",
+            CrOutcome::CpeGone => "cpe_gone",
+        }
+    }
+}
+
+/// How one SASL attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Ok,
+    /// Refused (wrong credentials, unknown user, malformed exchange); delays included.
+    Failed,
+}
+
+impl LoginOutcome {
+    pub const ALL: [LoginOutcome; 2] = [LoginOutcome::Ok, LoginOutcome::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LoginOutcome::Ok => "ok",
+            LoginOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Upper bounds of the histogram buckets in seconds (one set for every histogram here: they all
+/// time network round trips, from sub-millisecond on loopback to the 10 s request timeout).
+pub const BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const BUCKETS_US: [u64; BUCKETS.len()] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// A histogram of durations: one atomic per bucket (not cumulative; the last is +Inf) and the
+/// sum in microseconds. Observing is two relaxed atomic adds after a scan of 15 integers: no
+/// lock, no allocation. The count is the sum of the buckets, computed at scrape time.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A histogram read at one moment, in the shape the exposition wants.
+pub struct HistogramSnapshot {
+    pub sum_secs: f64,
+    pub count: u64,
+    /// (upper bound, observations in that bucket alone) for each finite bound: the encoder
+    /// accumulates them itself.
+    pub buckets: [(f64, u64); BUCKETS.len()],
+}
+
+impl Histogram {
+    #[inline]
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let index = BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets = [(0.0, 0); BUCKETS.len()];
+        let mut count = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let n = self.buckets[i].load(Ordering::Relaxed);
+            count += n;
+            buckets[i] = (*bound, n);
+        }
+        HistogramSnapshot {
+            sum_secs: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count: count + self.buckets[BUCKETS.len()].load(Ordering::Relaxed),
+            buckets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_in_microseconds_match_the_seconds() {
+        for (s, us) in BUCKETS.iter().zip(BUCKETS_US) {
+            assert_eq!((s * 1e6).round() as u64, us);
+        }
+    }
+
+    #[test]
+    fn histogram_counts_into_the_right_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(400)); // <= 0.0005
+        h.observe(Duration::from_millis(3)); // <= 0.005
+        h.observe(Duration::from_secs(60)); // +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.0005, 1));
+        assert_eq!(s.buckets[2], (0.0025, 0));
+        assert_eq!(s.buckets[3], (0.005, 1));
+        assert_eq!(s.buckets[BUCKETS.len() - 1], (30.0, 0));
+        assert!((s.sum_secs - 60.0034).abs() < 1e-9);
+    }
+
+    #[test]
+    fn request_done_counts_and_times_under_its_outcome() {
+        let stats = Stats::default();
+        stats.request_done(CrOutcome::Timeout, Instant::now());
+        assert_eq!(Stats::get(&stats.requests_timed_out), 1);
+        assert_eq!(
+            stats.request_round_trip[CrOutcome::Timeout as usize]
+                .snapshot()
+                .count,
+            1
+        );
+        assert_eq!(
+            stats.request_round_trip[CrOutcome::CpeResult as usize]
+                .snapshot()
+                .count,
+            0
+        );
+        let described = stats.described();
+        let (_, help, value) = described
+            .iter()
+            .find(|(n, _, _)| *n == "requests_timed_out")
+            .unwrap();
+        assert_eq!(*value, 1);
+        assert!(help.is_empty());
+        assert!(described.iter().any(
+            |(n, h, _)| *n == "connections_accepted" && h.contains("TCP connections accepted")
+        ));
     }
 }

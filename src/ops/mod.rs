@@ -1,3 +1,9 @@
-//! Operations: counters an operator (and the tests) can read.
+//! Operations: what an operator (and the tests) can read about the running broker. `metrics`
+//! holds the atomics the hot path bumps; `exposition` turns them into the Prometheus text format
+//! at scrape time; `process` reads /proc/self; `http` is the ops listener (`/metrics`,
+//! `/healthz`, `/readyz`) that serves them.
 
+pub mod exposition;
+pub mod http;
 pub mod metrics;
+pub mod process;

@@ -16,7 +16,7 @@ use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
-use crate::ops::metrics::Stats;
+use crate::ops::metrics::{LoginOutcome, Stats};
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
 use crate::throttle::Wait;
@@ -66,6 +66,7 @@ pub async fn serve<S: Transport + Send + 'static>(
             };
             // The connection lives in a Box from here on, and no named local holds the TLS
             // stream: a moved-from local keeps its full size reserved in this future's layout.
+            let tls_started = Instant::now();
             let conn = Box::new(Conn::new(
                 match tokio::time::timeout_at(
                     deadline,
@@ -73,12 +74,17 @@ pub async fn serve<S: Transport + Send + 'static>(
                 )
                 .await
                 {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        ctx.stats.tls_handshake_done(true, tls_started);
+                        tls
+                    }
                     Ok(Err(e)) => {
+                        ctx.stats.tls_handshake_done(false, tls_started);
                         tracing::debug!("TLS handshake failed: {e}");
                         return None;
                     }
                     Err(_) => {
+                        ctx.stats.tls_handshake_done(false, tls_started);
                         tracing::debug!("TLS handshake timed out");
                         return None;
                     }
@@ -100,7 +106,7 @@ pub async fn serve<S: Transport + Send + 'static>(
         };
         guard.authenticated();
         tracing::Span::current().record("jid", handle.jid.as_str());
-        Stats::bump(&ctx.stats.sessions_online);
+        ctx.stats.session_opened(handle.role);
         let ending = ready::run(&mut conn, &handle, &ctx).await;
         finish(&mut conn, &handle, &bare, &ctx, ending).await;
     }
@@ -147,9 +153,7 @@ async fn finish<S: Transport>(
     if handle.role == Role::Cpe {
         ctx.router.cpe_gone(handle.conn_id);
     }
-    ctx.stats
-        .sessions_online
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.session_closed(handle.role);
     ready::close(conn, &ctx.domain, &ctx.stats, ending).await;
 }
 
@@ -383,6 +387,8 @@ async fn sasl_attempt<S: Transport>(
     ip: IpAddr,
     ctx: &Context,
 ) -> Result<Step, Refused> {
+    // Timed from <auth> to the verdict, login delay and failure floor included.
+    let login_started = Instant::now();
     // Started without the initial response, so that the delay can run before it is checked.
     let (mut session, _) = SaslSession::start(mechanism, None, &ctx.accounts, &ctx.server_secret);
     let mut wait = None;
@@ -423,6 +429,11 @@ async fn sasl_attempt<S: Transport>(
         }
         _ => {}
     }
+    let outcome = match step {
+        Step::Success { .. } => LoginOutcome::Ok,
+        _ => LoginOutcome::Failed,
+    };
+    ctx.stats.login_done(mechanism, outcome, login_started);
     if let Step::Success { .. } = step {
         Stats::bump(match mechanism {
             Mechanism::Plain => &ctx.stats.auth_plain,

@@ -50,14 +50,12 @@ pub async fn serve(
             outbox: Outbox::new(ctx.acs_outbox_limits),
         });
         ctx.router.attach_component(&domain, handle.clone());
-        Stats::bump(&ctx.stats.sessions_online);
+        ctx.stats.session_opened(Role::Component);
         tracing::info!(conn = conn_id, %peer, %domain, "component attached");
         let ending = ready::run(&mut conn, &handle, &ctx).await;
         handle.seal(&ctx.stats);
         ctx.router.detach_component(&domain, conn_id);
-        ctx.stats
-            .sessions_online
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats.session_closed(Role::Component);
         ready::close(&mut conn, &domain, &ctx.stats, ending).await;
         tracing::info!(conn = conn_id, %peer, %domain, "component detached");
     }

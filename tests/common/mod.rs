@@ -211,6 +211,10 @@ acs_outbox_answer_bytes = {answer_bytes}
 timeout_ms = {timeout}
 max_pending_per_cpe = {per_cpe}
 max_pending_per_acs = {per_acs}
+
+[ops]
+# Any free port: tests read the bound one from Broker::ops_addr (never 5280).
+address = "127.0.0.1:0"
 "#,
         shutdown = options.shutdown_timeout_secs,
         cert = pki.cert_path.display(),
@@ -239,6 +243,8 @@ pub struct TestBroker {
     pub broker: Option<Broker>,
     pub c2s: Vec<std::net::SocketAddr>,
     pub component: std::net::SocketAddr,
+    /// The ops HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: std::net::SocketAddr,
     pub stats: Arc<crbroker::ops::metrics::Stats>,
 }
 
@@ -256,6 +262,7 @@ impl TestBroker {
         let c2s = broker.c2s_addrs.iter().map(|(_, a)| *a).collect();
         TestBroker {
             component: broker.component_addr.expect("component listener"),
+            ops: broker.ops_addr().expect("ops listener"),
             stats: broker.stats.clone(),
             c2s,
             broker: Some(broker),
