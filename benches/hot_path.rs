@@ -6,7 +6,7 @@ use crbroker::ops::metrics::Stats;
 use crbroker::outbox::{Outbox, OutboxLimits, Outgoing};
 use crbroker::pending::PendingTable;
 use crbroker::router::Router;
-use crbroker::session::{Role, SessionHandle};
+use crbroker::session::{Role, SessionHandle, SessionInfo};
 use crbroker::xml::{ns, writer, Element, Frame, Framer, FramerLimits};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,7 @@ fn world(online: usize) -> World {
             jid: jid.clone(),
             role: Role::Cpe,
             outbox: Outbox::new(limits(0)),
+            info: SessionInfo::new(None),
         });
         router.bind_client(&format!("cpe-{i:06}@example.net"), handle.clone());
         if i == 500 {
@@ -99,6 +100,7 @@ fn world(online: usize) -> World {
         jid: "acs.example.net".into(),
         role: Role::Component,
         outbox: Outbox::new(limits(64 << 20)),
+        info: SessionInfo::new(None),
     });
     router.attach_component("acs.example.net", acs.clone());
     World {

@@ -281,9 +281,29 @@ pub struct RequestsConfig {
 pub struct OpsConfig {
     #[serde(default = "defaults::ops_enabled")]
     pub enabled: bool,
-    /// Loopback by default: the endpoints carry no authentication.
+    /// Loopback by default: /metrics, /healthz and /readyz carry no authentication.
     #[serde(default = "defaults::ops_address")]
     pub address: SocketAddr,
+    /// Bearer tokens for the `/v1` API (none: the API answers 401 to everything).
+    #[serde(default)]
+    pub api_tokens: Vec<Secret>,
+    /// A file with more tokens, one per line (`#` comments), relative to the config file.
+    #[serde(default)]
+    pub api_token_file: Option<Spanned<PathBuf>>,
+    /// The API's own JID as an ACS entity (default `api.<server.domain>`): CPEs see it as the
+    /// sender of connection requests made through the API (add it to ConnReqAllowedJabberIDs).
+    #[serde(default)]
+    pub api_domain: Option<String>,
+}
+
+impl OpsConfig {
+    /// The API's domain: configured, or `api.<domain>`.
+    pub fn api_domain(&self, domain: &str) -> String {
+        self.api_domain
+            .clone()
+            .unwrap_or_else(|| format!("api.{domain}"))
+            .to_ascii_lowercase()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

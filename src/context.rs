@@ -80,11 +80,7 @@ impl Context {
                 answer_bytes: 0,
             },
             auth_attempts_per_connection: limits.auth_attempts_per_connection,
-            acs_outbox_limits: OutboxLimits {
-                stanzas: limits.outbox_stanzas,
-                bytes: limits.outbox_bytes,
-                answer_bytes: limits.acs_outbox_answer_bytes,
-            },
+            acs_outbox_limits: acs_outbox_limits(limits),
             cpe_to_acs: Rate::new(limits.cpe_to_acs_burst, limits.cpe_to_acs_per_minute),
             sasl_failure_floor: Duration::from_millis(limits.sasl_failure_floor_ms),
             server_secret,
@@ -112,6 +108,15 @@ fn throttle_settings(limits: &LimitsConfig) -> ThrottleSettings {
             max: Duration::from_millis(limits.login_delay_address_max_ms),
         },
         window: Duration::from_secs(limits.login_failure_window_secs),
+    }
+}
+
+/// Outbox bounds of an ACS connection (and of the HTTP API's entity).
+pub fn acs_outbox_limits(limits: &crate::config::LimitsConfig) -> OutboxLimits {
+    OutboxLimits {
+        stanzas: limits.outbox_stanzas,
+        bytes: limits.outbox_bytes,
+        answer_bytes: limits.acs_outbox_answer_bytes,
     }
 }
 

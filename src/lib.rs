@@ -48,6 +48,11 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("accounts: {0}")]
     Accounts(#[from] auth::AuthError),
+    #[error("{path}: API tokens: {message}")]
+    ApiTokens {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -62,8 +67,9 @@ pub struct Broker {
     pub component_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     pub router: Arc<Router>,
-    /// The ops listener's state and bound address (None when `ops.enabled` is false).
-    ops: Option<(Arc<OpsState>, SocketAddr)>,
+    /// The ops listener's state, the API's, and the bound address (None when `ops.enabled` is
+    /// false).
+    ops: Option<(Arc<OpsState>, Arc<ops::api::ApiState>, SocketAddr)>,
     stop_ops: watch::Sender<bool>,
     stop_accepting: watch::Sender<bool>,
     stop_sessions: watch::Sender<bool>,
@@ -176,7 +182,7 @@ impl Broker {
             ));
         }
         tokio::spawn(expire_requests(router.clone(), accepting_rx));
-        if let Some((state, _)) = &ops {
+        if let Some((state, _, _)) = &ops {
             state.set_phase(Phase::Ready);
         }
         tracing::info!(
@@ -207,14 +213,14 @@ impl Broker {
 
     /// The bound address of the ops HTTP listener (port 0 in the config becomes the real port).
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops.as_ref().map(|(_, address)| *address)
+        self.ops.as_ref().map(|(_, _, address)| *address)
     }
 
     /// Graceful shutdown: `/readyz` turns 503, stop accepting, answer every pending request,
     /// send each stream `<system-shutdown/>`, and wait (at most the configured bound) for
     /// connections to close. The ops listener serves until the end.
     pub async fn shutdown(self) {
-        if let Some((state, _)) = &self.ops {
+        if let Some((state, _, _)) = &self.ops {
             state.set_phase(Phase::ShuttingDown);
         }
         let _ = self.stop_accepting.send(true);
@@ -259,17 +265,56 @@ async fn start_ops(
     config: &Config,
     sources: Sources,
     stop: watch::Receiver<bool>,
-) -> Result<(Arc<OpsState>, SocketAddr), StartError> {
+) -> Result<(Arc<OpsState>, Arc<ops::api::ApiState>, SocketAddr), StartError> {
     let (listener, address) = ops::http::bind(config.ops.address)
         .await
         .map_err(|source| StartError::Bind {
             address: config.ops.address,
             source,
         })?;
+    let router = sources.router.clone();
     let state = Arc::new(OpsState::new(sources));
-    ops::http::spawn(listener, ops::http::router(state.clone()), stop);
-    tracing::info!(%address, "ops listener ready (/metrics, /healthz, /readyz)");
-    Ok((state, address))
+    let api_domain = config.ops.api_domain(config.domain());
+    let entity = ops::api::entity::ApiEntity::start(
+        &api_domain,
+        router.clone(),
+        context::acs_outbox_limits(&config.limits),
+        stop.clone(),
+    );
+    let api = Arc::new(ops::api::ApiState::new(
+        entity,
+        router,
+        load_api_tokens(config)?,
+        Duration::from_millis(config.requests.timeout_ms),
+    ));
+    let routes = ops::http::router(state.clone()).merge(ops::api::routes(api.clone()));
+    ops::http::spawn(listener, routes, stop);
+    tracing::info!(%address, %api_domain, "ops listener ready (/metrics, /healthz, /readyz, /v1)");
+    Ok((state, api, address))
+}
+
+/// The API's bearer tokens: inline ones and those of `api_token_file` (one per line).
+fn load_api_tokens(config: &Config) -> Result<Vec<String>, StartError> {
+    let mut tokens: Vec<String> = config
+        .ops
+        .api_tokens
+        .iter()
+        .map(|t| t.expose().to_string())
+        .collect();
+    if let Some(file) = &config.ops.api_token_file {
+        let path = config.resolve(file.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|e| StartError::ApiTokens {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(tokens)
 }
 
 fn load_accounts(config: &Config) -> Result<AccountStore, StartError> {

@@ -197,6 +197,11 @@ impl PendingTable {
         self.lock().entries.len()
     }
 
+    /// Requests pending on one CPE connection.
+    pub fn count_for_cpe(&self, cpe_conn: u64) -> usize {
+        self.lock().by_cpe.get(&cpe_conn).map_or(0, Vec::len)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

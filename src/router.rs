@@ -68,6 +68,48 @@ impl Router {
         }
     }
 
+    /// The broker's own domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The client sessions a JID names: every session of a bare JID, the one of a full JID.
+    pub fn sessions_of(&self, jid: &JidRef) -> Vec<Arc<SessionHandle>> {
+        match jid.resource {
+            Some(_) => self.find_client(jid).into_iter().collect(),
+            None => self
+                .clients
+                .get(jid.bare().as_ref())
+                .map(|sessions| sessions.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One page of client sessions in bare-JID order: up to `limit` accounts after `after`,
+    /// and the cursor for the next page (None on the last). A scan of the map per page: meant
+    /// for operators, not for the hot path.
+    pub fn list_sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Arc<SessionHandle>>, Option<String>) {
+        let mut bares: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|entry| after.is_none_or(|a| entry.key().as_str() > a))
+            .map(|entry| entry.key().clone())
+            .collect();
+        bares.sort_unstable();
+        let next = (bares.len() > limit).then(|| bares[limit - 1].clone());
+        bares.truncate(limit);
+        let sessions = bares
+            .iter()
+            .filter_map(|bare| self.clients.get(bare).map(|s| s.clone()))
+            .flatten()
+            .collect();
+        (sessions, next)
+    }
+
     pub fn is_acs_account(&self, bare: &str) -> bool {
         self.acs_accounts.contains(bare)
     }
@@ -297,6 +339,7 @@ impl Router {
                 &acs_jid,
                 "service-unavailable",
                 ErrorType::Cancel,
+                &self.domain,
             ));
         };
         let entry = PendingRequest {
@@ -327,6 +370,7 @@ impl Router {
                     &acs_jid,
                     "resource-constraint",
                     ErrorType::Wait,
+                    &self.domain,
                 ));
             }
         };
@@ -361,6 +405,7 @@ impl Router {
                     &acs_jid,
                     condition,
                     error_type,
+                    &self.domain,
                 ))
             }
         }
@@ -465,6 +510,7 @@ impl Router {
             &request.acs_jid,
             condition,
             error_type,
+            &self.domain,
         );
         self.deliver_to_acs(&request.acs, reply);
     }

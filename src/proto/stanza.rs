@@ -98,14 +98,23 @@ pub fn error_element(condition: &str, error_type: ErrorType) -> Element {
         .with_child(Element::new(ns::STANZAS, condition))
 }
 
-/// An IQ error for a request the broker answers on behalf of `from`, addressed to `to`.
-pub fn iq_error(id: &str, from: &str, to: &str, condition: &str, error_type: ErrorType) -> Element {
+/// An IQ error for a request the broker answers on behalf of `from`, addressed to `to`. The
+/// `<error>` carries `by` = the broker's domain (RFC 6120 section 8.3.2: the entity that generated
+/// it), so an ACS (and the HTTP API) can tell the broker's answers from a CPE's own errors.
+pub fn iq_error(
+    id: &str,
+    from: &str,
+    to: &str,
+    condition: &str,
+    error_type: ErrorType,
+    by: &str,
+) -> Element {
     Element::stanza("iq")
         .with_attr("type", "error")
         .with_attr("id", id)
         .with_attr("from", from)
         .with_attr("to", to)
-        .with_child(error_element(condition, error_type))
+        .with_child(error_element(condition, error_type).with_attr("by", by))
 }
 
 /// An empty IQ result answering `request`.

@@ -10,7 +10,7 @@
 //! negotiating).
 
 use super::ready::{self, Ending};
-use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, Transport};
+use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, SessionInfo, Transport};
 use crate::auth::MAX_USERNAME_LEN;
 use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
@@ -93,7 +93,7 @@ pub async fn serve<S: Transport + Send + 'static>(
                 ns::CLIENT,
                 ctx.write_timeout,
             ));
-            after_tls(conn, conn_id, peer.ip(), deadline, &listener, &ctx).await
+            after_tls(conn, conn_id, peer, deadline, &listener, &ctx).await
         });
         // The negotiation's state (TLS handshake, SASL) is freed once it is done, so the
         // long-lived task holds only what the ready loop needs. The select's result is a
@@ -120,14 +120,14 @@ type TlsConn<S> = Conn<TlsStream<S>>;
 async fn after_tls<S: Transport>(
     mut conn: Box<TlsConn<S>>,
     conn_id: u64,
-    ip: IpAddr,
+    peer: SocketAddr,
     deadline: tokio::time::Instant,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Option<(Box<TlsConn<S>>, Arc<SessionHandle>, String)> {
     match tokio::time::timeout_at(
         deadline,
-        authenticate_and_bind(&mut conn, conn_id, ip, listener, ctx),
+        authenticate_and_bind(&mut conn, conn_id, peer, listener, ctx),
     )
     .await
     {
@@ -287,7 +287,7 @@ async fn next_element<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result
 async fn authenticate_and_bind<S: Transport>(
     conn: &mut TlsConn<S>,
     conn_id: u64,
-    ip: IpAddr,
+    peer: SocketAddr,
     listener: &ListenerSettings,
     ctx: &Context,
 ) -> Result<(Arc<SessionHandle>, String), Refused> {
@@ -301,7 +301,7 @@ async fn authenticate_and_bind<S: Transport>(
     }
     features.push_str("</mechanisms></stream:features>");
     send_str(conn, &features).await?;
-    let username = sasl_exchange(conn, ip, listener, ctx).await?;
+    let (username, mechanism) = sasl_exchange(conn, peer.ip(), listener, ctx).await?;
 
     conn.restart_stream();
     open_stream(conn, ctx).await?;
@@ -310,7 +310,11 @@ async fn authenticate_and_bind<S: Transport>(
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>",
     )
     .await?;
-    bind(conn, conn_id, &username, ctx).await
+    let info = SessionInfo {
+        mechanism: Some(mechanism),
+        ..SessionInfo::new(Some(peer)).with_tls(&conn.stream)
+    };
+    bind(conn, conn_id, &username, info, ctx).await
 }
 
 async fn sasl_exchange<S: Transport>(
@@ -318,7 +322,7 @@ async fn sasl_exchange<S: Transport>(
     ip: IpAddr,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Result<String, Refused> {
+) -> Result<(String, Mechanism), Refused> {
     let mut failures = 0;
     loop {
         let element = next_element(conn, ctx).await?;
@@ -327,11 +331,11 @@ async fn sasl_exchange<S: Transport>(
                 .await;
             return Err(Refused);
         }
-        let step = match element
+        let mechanism = element
             .attr("mechanism")
             .and_then(Mechanism::from_name)
-            .filter(|m| listener.mechanisms.contains(m))
-        {
+            .filter(|m| listener.mechanisms.contains(m));
+        let step = match mechanism {
             None => Step::Failure(sasl::Failure::InvalidMechanism),
             Some(mechanism) => match sasl::decode_payload(&element.text()) {
                 Err(failure) => Step::Failure(failure),
@@ -352,7 +356,11 @@ async fn sasl_exchange<S: Transport>(
                 };
                 send_str(conn, &text).await?;
                 Stats::bump(&ctx.stats.logins_ok);
-                return Ok(username);
+                // A success comes only from an attempt with a mechanism.
+                let Some(mechanism) = mechanism else {
+                    return Err(Refused);
+                };
+                return Ok((username, mechanism));
             }
             Step::Failure(failure) => {
                 Stats::bump(&ctx.stats.logins_failed);
@@ -485,6 +493,7 @@ async fn bind<S: Transport>(
     conn: &mut TlsConn<S>,
     conn_id: u64,
     username: &str,
+    info: SessionInfo,
     ctx: &Context,
 ) -> Result<(Arc<SessionHandle>, String), Refused> {
     loop {
@@ -537,6 +546,7 @@ async fn bind<S: Transport>(
                 Role::Cpe => ctx.outbox_limits,
                 _ => ctx.acs_outbox_limits,
             }),
+            info,
         });
         let mut reply = Element::stanza("iq")
             .with_attr("type", "result")

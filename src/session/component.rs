@@ -3,7 +3,7 @@
 
 use super::c2s::{header_problem, refuse_on_error};
 use super::ready;
-use super::{new_stream_id, Conn, Role, SessionHandle};
+use super::{new_stream_id, Conn, Role, SessionHandle, SessionInfo};
 use crate::caps::ConnectionGuard;
 use crate::context::Context;
 use crate::ops::metrics::Stats;
@@ -48,6 +48,7 @@ pub async fn serve(
             jid: domain.clone(),
             role: Role::Component,
             outbox: Outbox::new(ctx.acs_outbox_limits),
+            info: SessionInfo::new(Some(peer)),
         });
         ctx.router.attach_component(&domain, handle.clone());
         ctx.stats.session_opened(Role::Component);

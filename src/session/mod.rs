@@ -36,6 +36,56 @@ pub struct SessionHandle {
     pub jid: String,
     pub role: Role,
     pub outbox: Outbox,
+    /// What the operator's view shows about the connection (`GET /v1/sessions`).
+    pub info: SessionInfo,
+}
+
+/// Facts about a connection for the operator, fixed when the session is bound. Kept small: one
+/// per session, for days (codes, not strings).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionInfo {
+    /// Seconds since the Unix epoch when the session was bound.
+    pub since_unix: u64,
+    /// None for in-process entities (the HTTP API).
+    pub peer: Option<std::net::SocketAddr>,
+    /// TLS protocol version and cipher suite, as their IANA code points (0 = no TLS).
+    pub tls_version: u16,
+    pub cipher_suite: u16,
+    pub mechanism: Option<crate::proto::sasl::Mechanism>,
+}
+
+impl SessionInfo {
+    pub fn new(peer: Option<std::net::SocketAddr>) -> SessionInfo {
+        SessionInfo {
+            since_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            peer,
+            tls_version: 0,
+            cipher_suite: 0,
+            mechanism: None,
+        }
+    }
+
+    /// The negotiated TLS parameters of `stream`.
+    pub fn with_tls<S>(mut self, stream: &crate::tls::TlsStream<S>) -> SessionInfo
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.tls_version = stream.protocol_version().map_or(0, u16::from);
+        self.cipher_suite = stream.cipher_suite().map_or(0, |s| u16::from(s.suite()));
+        self
+    }
+
+    pub fn tls_version_name(&self) -> Option<String> {
+        (self.tls_version != 0)
+            .then(|| format!("{:?}", rustls::ProtocolVersion::from(self.tls_version)))
+    }
+
+    pub fn cipher_suite_name(&self) -> Option<String> {
+        (self.cipher_suite != 0)
+            .then(|| format!("{:?}", rustls::CipherSuite::from(self.cipher_suite)))
+    }
 }
 
 impl SessionHandle {
