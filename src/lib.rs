@@ -234,8 +234,10 @@ impl Broker {
 
 /// Run until `signal` resolves, then shut down gracefully. SIGHUP reloads meanwhile.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    // Installed before the listeners open: from then on SIGHUP no longer ends the process.
+    let hangup = hangup_signal();
     let broker = Broker::start(config).await?;
-    let reloads = tokio::spawn(reload_on_sighup(broker.reloader()));
+    let reloads = tokio::spawn(reload_on_sighup(hangup, broker.reloader()));
     signal.await;
     reloads.abort();
     tracing::info!("shutdown requested");
@@ -243,16 +245,18 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(),
     Ok(())
 }
 
-/// Each SIGHUP reloads; the report goes to the log.
-async fn reload_on_sighup(reloader: Reloader) {
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
-        Err(e) => {
+    signal(SignalKind::hangup())
+        .map_err(|e| {
             tracing::warn!("cannot install the SIGHUP handler, reload by signal is off: {e}");
-            return;
-        }
-    };
+        })
+        .ok()
+}
+
+/// Each SIGHUP reloads; the report goes to the log.
+async fn reload_on_sighup(hangup: Option<tokio::signal::unix::Signal>, reloader: Reloader) {
+    let Some(mut hangup) = hangup else { return };
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
         reloader.reload().await.log();
