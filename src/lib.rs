@@ -184,7 +184,7 @@ impl Broker {
     }
 
     /// Reload the configuration file (and the certificate, key and accounts it names) without
-    /// dropping sessions; see [`reload`] for what changes and what needs a restart.
+    /// dropping sessions; see [`crate::reload`] for what changes and what needs a restart.
     pub async fn reload(&self) -> ReloadReport {
         self.reloader.reload().await
     }

@@ -389,6 +389,18 @@ async fn an_invalid_file_keeps_the_old_configuration_whole() {
     };
     assert_eq!(keys, vec!["requests.timeout_ms"]);
 
+    // A certificate that does not match the key (renewal caught half-way) is refused too.
+    std::fs::write(&f.config, &good).unwrap();
+    let matching = std::fs::read(&f.cert).unwrap();
+    let other = f.cert.with_file_name("other-cert.pem");
+    pki().issue_server_certificate(&other, &f.cert.with_file_name("other-key.pem"));
+    std::fs::copy(&other, &f.cert).unwrap();
+    let Err(ReloadError::Tls(e)) = reload(&broker).await else {
+        panic!("a mismatched certificate and key must be refused")
+    };
+    assert!(e.to_string().contains("TLS configuration"), "{e}");
+    std::fs::write(&f.cert, matching).unwrap();
+
     // The live session never noticed; once the file is fixed, everything applies at once.
     ping(&mut alice, "alive").await;
     std::fs::write(&f.config, &good).unwrap();
