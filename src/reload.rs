@@ -36,6 +36,7 @@ use crate::context::{self, Generation, ListenerSettings};
 use crate::router::Router;
 use crate::swap::Swap;
 use crate::tls::{Identity, TlsError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -141,8 +142,11 @@ struct Inner {
     generation: Arc<Swap<Generation>>,
     accounts: Arc<Swap<AccountStore>>,
     router: Arc<Router>,
-    /// What is running. Locked for a whole reload, on a blocking thread, never across an await.
+    /// What is running. Locked for a whole reload, on a blocking thread, never across an await
+    /// and never from the runtime's threads (a reload of a large accounts file takes seconds).
     applied: Mutex<Applied>,
+    /// `server.shutdown_timeout_secs` in force, readable without that lock.
+    shutdown_timeout_secs: AtomicU64,
 }
 
 struct Applied {
@@ -163,6 +167,7 @@ impl Reloader {
                 generation,
                 accounts,
                 router,
+                shutdown_timeout_secs: AtomicU64::new(config.server.shutdown_timeout_secs),
                 applied: Mutex::new(Applied { config, identity }),
             }),
         }
@@ -181,24 +186,25 @@ impl Reloader {
 
     /// The shutdown bound in force.
     pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.inner.lock().config.server.shutdown_timeout_secs)
+        Duration::from_secs(self.inner.shutdown_timeout_secs.load(Ordering::Relaxed))
     }
 
     /// File reading, PBKDF2-free account parsing and the certificate load run on a blocking
     /// thread: an accounts file of a million lines takes a while.
     async fn run(&self, config: Option<Config>) -> ReloadReport {
         let inner = self.inner.clone();
-        let source = {
-            let applied = inner.lock();
-            match &config {
-                Some(config) => config.origin.clone(),
-                None => applied.config.origin.clone(),
-            }
-        };
-        let outcome = tokio::task::spawn_blocking(move || inner.reload(config))
-            .await
-            .unwrap_or_else(|e| Err(ReloadError::Internal(e.to_string())));
-        ReloadReport { source, outcome }
+        let given = config.as_ref().map(|c| c.origin.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut applied = inner.lock();
+            let source = given.unwrap_or_else(|| applied.config.origin.clone());
+            let outcome = inner.reload(&mut applied, config);
+            ReloadReport { source, outcome }
+        })
+        .await
+        .unwrap_or_else(|e| ReloadReport {
+            source: "-".into(),
+            outcome: Err(ReloadError::Internal(e.to_string())),
+        })
     }
 }
 
@@ -209,8 +215,11 @@ impl Inner {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reload(&self, given: Option<Config>) -> Result<ReloadChanges, ReloadError> {
-        let mut applied = self.lock();
+    fn reload(
+        &self,
+        applied: &mut Applied,
+        given: Option<Config>,
+    ) -> Result<ReloadChanges, ReloadError> {
         // Everything that can fail comes first, before anything is swapped.
         let config = match given {
             Some(config) => config,
@@ -291,6 +300,8 @@ impl Inner {
                     .close_clients(|user| accounts.get(user).is_some(), ACCOUNT_REMOVED);
             }
         }
+        self.shutdown_timeout_secs
+            .store(config.server.shutdown_timeout_secs, Ordering::Relaxed);
         applied.config = config;
         applied.identity = identity;
         Ok(ReloadChanges {
