@@ -83,6 +83,9 @@ pub struct Config {
     /// Where this configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
+    /// The file it was read from ([`Config::load`]); a reload reads it again.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,7 +474,9 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, &origin, base_dir)
+        let mut config = Config::parse(&text, &origin, base_dir)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parse and validate configuration text; `origin` names it in errors.

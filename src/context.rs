@@ -1,5 +1,12 @@
 //! What every connection task shares: settings derived from the config, the router, the
 //! accounts, TLS configurations, counters and the shutdown signal.
+//!
+//! A `Context` is one generation of settings: a reload (src/reload.rs) makes a new one with
+//! [`Context::reconfigured`], and each connection keeps the one it was accepted with, so the
+//! limits of a live session never change under it. What must be the same for every generation
+//! (router, counters, login throttle, accounts, the SCRAM fake-salt secret, the shutdown signal)
+//! is shared by `Arc`; the accounts are swapped in place, so that sessions accepted before a
+//! reload never keep an old account store alive.
 
 use crate::auth::AccountStore;
 use crate::config::{Config, LimitsConfig, ListenerKind, SaslMechanismName};
@@ -8,6 +15,7 @@ use crate::outbox::OutboxLimits;
 use crate::proto::sasl::Mechanism;
 use crate::ratelimit::Rate;
 use crate::router::Router;
+use crate::swap::Swap;
 use crate::throttle::{DelayRule, LoginThrottle, ThrottleSettings};
 use crate::xml::FramerLimits;
 use std::sync::Arc;
@@ -17,9 +25,10 @@ use tokio::sync::watch;
 pub struct Context {
     pub domain: String,
     pub router: Arc<Router>,
-    pub accounts: Arc<AccountStore>,
+    /// Swapped by a reload; a login loads it once and checks every step against that store.
+    pub accounts: Arc<Swap<AccountStore>>,
     pub stats: Arc<Stats>,
-    pub throttle: LoginThrottle,
+    pub throttle: Arc<LoginThrottle>,
     pub limits: FramerLimits,
     pub pre_auth_timeout: Duration,
     pub write_timeout: Duration,
@@ -46,7 +55,7 @@ impl Context {
     pub fn new(
         config: &Config,
         router: Arc<Router>,
-        accounts: Arc<AccountStore>,
+        accounts: Arc<Swap<AccountStore>>,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
     ) -> Context {
@@ -56,13 +65,48 @@ impl Context {
         if getrandom::getrandom(&mut server_secret).is_err() {
             tracing::warn!("no OS randomness: SCRAM fake salts are predictable");
         }
+        let throttle = Arc::new(LoginThrottle::new(throttle_settings(&config.limits)));
+        Context::derive(
+            config,
+            router,
+            accounts,
+            stats,
+            throttle,
+            server_secret,
+            shutdown,
+        )
+    }
+
+    /// The next generation after a reload: the shared parts of `self` with the settings of
+    /// `config` (which the reload has checked may change at run time).
+    pub fn reconfigured(&self, config: &Config) -> Context {
+        Context::derive(
+            config,
+            self.router.clone(),
+            self.accounts.clone(),
+            self.stats.clone(),
+            self.throttle.clone(),
+            self.server_secret,
+            self.shutdown.clone(),
+        )
+    }
+
+    fn derive(
+        config: &Config,
+        router: Arc<Router>,
+        accounts: Arc<Swap<AccountStore>>,
+        stats: Arc<Stats>,
+        throttle: Arc<LoginThrottle>,
+        server_secret: [u8; 32],
+        shutdown: watch::Receiver<bool>,
+    ) -> Context {
         let limits = &config.limits;
         Context {
             domain: config.domain().to_ascii_lowercase(),
             router,
             accounts,
             stats,
-            throttle: LoginThrottle::new(throttle_settings(limits)),
+            throttle,
             limits: FramerLimits {
                 max_stanza_bytes: limits.max_stanza_bytes,
                 max_depth: limits.max_depth,
@@ -120,11 +164,20 @@ pub fn acs_outbox_limits(limits: &crate::config::LimitsConfig) -> OutboxLimits {
     }
 }
 
-/// Per-listener settings for c2s connections.
+/// Per-listener settings for c2s connections (rebuilt by a reload when the certificate, the TLS
+/// versions or the SASL mechanisms change).
 pub struct ListenerSettings {
     pub kind: ListenerKind,
     pub mechanisms: Vec<Mechanism>,
     pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// Everything a listener hands to a new connection, replaced as a whole by a reload: an accept
+/// loads it once (a read lock and an `Arc` clone) and the connection keeps what it got.
+pub struct Generation {
+    pub ctx: Arc<Context>,
+    /// c2s listener settings, in config order.
+    pub listeners: Vec<Arc<ListenerSettings>>,
 }
 
 pub fn mechanism(name: SaslMechanismName) -> Mechanism {

@@ -16,23 +16,26 @@ pub mod outbox;
 pub mod pending;
 pub mod proto;
 pub mod ratelimit;
+pub mod reload;
 pub mod router;
 pub mod session;
+pub mod swap;
 pub mod throttle;
 pub mod tls;
 pub mod xml;
 
-use crate::auth::AccountStore;
 use crate::caps::ConnectionCaps;
 use crate::config::{Config, ListenerKind};
-use crate::context::{Context, ListenerSettings};
+use crate::context::{Context, Generation, ListenerSettings};
 use crate::listener::{accept_loop, Service};
 use crate::ops::exposition::Sources;
 use crate::ops::http::{OpsState, Phase};
 use crate::ops::metrics::Stats;
 use crate::pending::PendingTable;
 use crate::proto::stanza::ErrorType;
+use crate::reload::{ReloadReport, Reloader};
 use crate::router::Router;
+use crate::swap::Swap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,7 +76,7 @@ pub struct Broker {
     stop_ops: watch::Sender<bool>,
     stop_accepting: watch::Sender<bool>,
     stop_sessions: watch::Sender<bool>,
-    shutdown_timeout: Duration,
+    reloader: Reloader,
 }
 
 impl Broker {
@@ -117,7 +120,7 @@ impl Broker {
             ),
             false => None,
         };
-        let accounts = load_accounts(&config)?;
+        let accounts = reload::load_accounts(&config)?;
         tracing::info!(
             accounts = accounts.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -126,22 +129,24 @@ impl Broker {
         let identity = tls::Identity::load_or_create(&config)?;
         let (stop_accepting, accepting_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
+        let accounts = Arc::new(Swap::new(Arc::new(accounts)));
         let ctx = Arc::new(Context::new(
             &config,
             router.clone(),
-            Arc::new(accounts),
+            accounts.clone(),
             stats.clone(),
             sessions_rx,
         ));
 
-        let mut c2s_addrs = Vec::new();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut bound = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
             let tcp = bind(listener_config.address).await?;
             let address = tcp.local_addr().map_err(|source| StartError::Bind {
                 address: listener_config.address,
                 source,
             })?;
-            let settings = Arc::new(ListenerSettings {
+            listeners.push(Arc::new(ListenerSettings {
                 kind: listener_config.kind,
                 mechanisms: listener_config
                     .sasl_mechanisms
@@ -151,32 +156,41 @@ impl Broker {
                     .collect(),
                 tls: identity
                     .server_config(&listener_config.tls_versions, config.tls.session_tickets)?,
-            });
-            tracing::info!(%address, kind = ?listener_config.kind, "c2s listener ready");
-            c2s_addrs.push((listener_config.kind, address));
+            }));
+            bound.push((tcp, listener_config.kind, address));
+        }
+        let component_tcp = match &config.component_listener {
+            Some(component_config) => {
+                let tcp = bind(component_config.address).await?;
+                let address = tcp.local_addr().map_err(|source| StartError::Bind {
+                    address: component_config.address,
+                    source,
+                })?;
+                Some((tcp, address))
+            }
+            None => None,
+        };
+        let generation = Arc::new(Swap::new(Arc::new(Generation { ctx, listeners })));
+        let mut c2s_addrs = Vec::new();
+        for (index, (tcp, kind, address)) in bound.into_iter().enumerate() {
+            tracing::info!(%address, ?kind, "c2s listener ready");
+            c2s_addrs.push((kind, address));
             tokio::spawn(accept_loop(
                 tcp,
-                Service::C2s,
-                Some(settings),
-                ctx.clone(),
+                Service::C2s(index),
+                generation.clone(),
                 caps.clone(),
                 accepting_rx.clone(),
             ));
         }
         let mut component_addr = None;
-        if let Some(component_config) = &config.component_listener {
-            let tcp = bind(component_config.address).await?;
-            let address = tcp.local_addr().map_err(|source| StartError::Bind {
-                address: component_config.address,
-                source,
-            })?;
+        if let Some((tcp, address)) = component_tcp {
             tracing::info!(%address, "component listener ready");
             component_addr = Some(address);
             tokio::spawn(accept_loop(
                 tcp,
                 Service::Component,
-                None,
-                ctx.clone(),
+                generation.clone(),
                 caps.clone(),
                 accepting_rx.clone(),
             ));
@@ -190,17 +204,32 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "crbroker started"
         );
+        let reloader = Reloader::new(config, identity, generation, accounts, router.clone());
+        if let Some((_, api, _)) = &ops {
+            let _ = api.reloader.set(reloader.clone());
+        }
         Ok(Broker {
             c2s_addrs,
             component_addr,
             stats,
-            router,
+            router: router.clone(),
             ops,
             stop_ops,
             stop_accepting,
             stop_sessions,
-            shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_secs),
+            reloader,
         })
+    }
+
+    /// Reload the configuration file (and the certificate, key and accounts it names) without
+    /// dropping sessions; see [`crate::reload`] for what changes and what needs a restart.
+    pub async fn reload(&self) -> ReloadReport {
+        self.reloader.reload().await
+    }
+
+    /// A handle that reloads this broker (for a signal handler or the ops API).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The address of the first c2s listener of `kind`.
@@ -234,7 +263,7 @@ impl Broker {
             );
         }
         let _ = self.stop_sessions.send(true);
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + self.reloader.shutdown_timeout();
         while Stats::get(&self.stats.connections_open) > 0 && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -251,10 +280,14 @@ impl Broker {
     }
 }
 
-/// Run until `signal` resolves, then shut down gracefully.
+/// Run until `signal` resolves, then shut down gracefully. SIGHUP reloads meanwhile.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    // Installed before the listeners open: from then on SIGHUP no longer ends the process.
+    let hangup = hangup_signal();
     let broker = Broker::start(config).await?;
+    let reloads = tokio::spawn(reload_on_sighup(hangup, broker.reloader()));
     signal.await;
+    reloads.abort();
     tracing::info!("shutdown requested");
     broker.shutdown().await;
     Ok(())
@@ -317,15 +350,22 @@ fn load_api_tokens(config: &Config) -> Result<Vec<String>, StartError> {
     Ok(tokens)
 }
 
-fn load_accounts(config: &Config) -> Result<AccountStore, StartError> {
-    let mut accounts = match &config.accounts.file {
-        Some(file) => AccountStore::load(&config.resolve(file.get_ref()))?,
-        None => AccountStore::new(),
-    };
-    for (username, password) in &config.accounts.plain {
-        accounts.insert_plain(username, password.expose())?;
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| {
+            tracing::warn!("cannot install the SIGHUP handler, reload by signal is off: {e}");
+        })
+        .ok()
+}
+
+/// Each SIGHUP reloads; the report goes to the log.
+async fn reload_on_sighup(hangup: Option<tokio::signal::unix::Signal>, reloader: Reloader) {
+    let Some(mut hangup) = hangup else { return };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        reloader.reload().await.log();
     }
-    Ok(accounts)
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,10 +1,12 @@
 //! Accept loops: one task per listener, one task per accepted connection (admitted by the
-//! connection caps in [`crate::caps`]), and the stop signal that ends accepting.
+//! connection caps in [`crate::caps`]), and the stop signal that ends accepting. Each accepted
+//! connection gets the current [`Generation`] of settings (swapped by a reload).
 
 use crate::caps::{admit, ConnectionCaps};
-use crate::context::{Context, ListenerSettings};
+use crate::context::Generation;
 use crate::ops::metrics::Stats;
 use crate::session::{c2s, component};
+use crate::swap::Swap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -14,7 +16,8 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Clone, Copy)]
 pub enum Service {
-    C2s,
+    /// The c2s listener with this index in the config (and in [`Generation::listeners`]).
+    C2s(usize),
     Component,
 }
 
@@ -22,11 +25,11 @@ pub enum Service {
 pub async fn accept_loop(
     listener: TcpListener,
     service: Service,
-    settings: Option<Arc<ListenerSettings>>,
-    ctx: Arc<Context>,
+    generation: Arc<Swap<Generation>>,
     caps: Arc<ConnectionCaps>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let stats = generation.load().ctx.stats.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -41,15 +44,17 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Some(guard) = admit(peer, &ctx.stats, &caps) else {
-            Stats::bump(&ctx.stats.connections_refused_cap);
+        // The counters are the same in every generation; the generation is loaded only for a
+        // connection that is admitted.
+        let Some(guard) = admit(peer, &stats, &caps) else {
+            Stats::bump(&stats.connections_refused_cap);
             tracing::debug!(%peer, "connection refused: cap reached");
             drop(tcp);
             continue;
         };
         let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
-        let settings = settings.clone();
+        let current = generation.load();
+        let ctx = current.ctx.clone();
         // Stanzas go out in one write each; never wait for more.
         let _ = tcp.set_nodelay(true);
         if let Some(idle) = ctx.tcp_keepalive {
@@ -57,14 +62,14 @@ pub async fn accept_loop(
         }
         // One task type per service: a task is as large as its future, and a c2s session must
         // not pay for the component session's state (or the other way round).
-        match (service, &settings) {
-            (Service::C2s, Some(settings)) => {
-                tokio::spawn(c2s::serve(tcp, peer, conn_id, settings.clone(), ctx, guard));
+        match service {
+            Service::C2s(index) => {
+                let settings = current.listeners[index].clone();
+                tokio::spawn(c2s::serve(tcp, peer, conn_id, settings, ctx, guard));
             }
-            (Service::Component, _) => {
+            Service::Component => {
                 tokio::spawn(component::serve(tcp, peer, conn_id, ctx, guard));
             }
-            (Service::C2s, None) => {}
         }
     }
 }

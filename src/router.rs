@@ -141,6 +141,25 @@ impl Router {
         });
     }
 
+    /// Close (with the stream error `condition`) every bound client session whose username
+    /// `keep` refuses; returns how many were asked to close. Each session's own task then ends
+    /// it like any other closed session, answering its pending requests (`cpe_gone`). Shard
+    /// locks are held one at a time and only while the map is walked; nothing here awaits.
+    pub fn close_clients(&self, keep: impl Fn(&str) -> bool, condition: &'static str) -> usize {
+        let mut closed = 0;
+        for entry in self.clients.iter() {
+            let username = entry.key().split('@').next().unwrap_or_default();
+            if !keep(username) {
+                closed += entry
+                    .value()
+                    .iter()
+                    .filter(|session| session.outbox.close(condition))
+                    .count();
+            }
+        }
+        closed
+    }
+
     pub fn attach_component(&self, domain: &str, session: Arc<SessionHandle>) {
         self.components
             .entry(domain.to_ascii_lowercase())

@@ -275,6 +275,33 @@ impl Account {
     }
 }
 
+/// Counts of what a reload changes in the account store ([`AccountStore::diff`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AccountDiff {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+}
+
+impl Account {
+    /// Whether two accounts hold the same credential (the lazily derived SCRAM cache of a
+    /// `plain:` account is not part of it).
+    fn same_credential(&self, other: &Account) -> bool {
+        match (&self.cred, &other.cred) {
+            (Credential::Plain { password: a, .. }, Credential::Plain { password: b, .. }) => {
+                a == b
+            }
+            (Credential::Scram(a), Credential::Scram(b)) => {
+                a.iterations == b.iterations
+                    && a.salt == b.salt
+                    && a.sha1 == b.sha1
+                    && a.sha256 == b.sha256
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a SCRAM server-first message shows: salt and iteration count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ScramParams {
@@ -454,6 +481,25 @@ impl AccountStore {
     /// True when there are no accounts.
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
+    }
+
+    /// How `newer` differs from this store: accounts added, removed, and whose credential
+    /// changed (a different password, or the same one stored another way, counts as changed).
+    pub fn diff(&self, newer: &AccountStore) -> AccountDiff {
+        let mut diff = AccountDiff::default();
+        for (name, account) in &self.accounts {
+            match newer.accounts.get(name) {
+                None => diff.removed += 1,
+                Some(other) if !account.same_credential(other) => diff.changed += 1,
+                Some(_) => {}
+            }
+        }
+        diff.added = newer
+            .accounts
+            .keys()
+            .filter(|name| !self.accounts.contains_key(*name))
+            .count();
+        diff
     }
 
     /// Look an account up; `username` is ASCII-lowercased first.
@@ -751,6 +797,24 @@ fn fallback_salt(username: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diff_counts_added_removed_and_changed_accounts() {
+        let old = AccountStore::parse("a plain:x\nb plain:y\nc plain:z\n", "old").unwrap();
+        let new =
+            AccountStore::parse("a plain:x\nb plain:Y\nd plain:w\ne plain:v\n", "new").unwrap();
+        let diff = old.diff(&new);
+        assert_eq!(
+            (diff.added, diff.removed, diff.changed),
+            (2, 1, 1),
+            "{diff:?}"
+        );
+        assert_eq!(old.diff(&old), AccountDiff::default());
+        // The same password stored as SCRAM keys is another credential.
+        let hashed = AccountStore::parse(&hash_line("a", "x", 4096), "hashed").unwrap();
+        let plain_a = AccountStore::parse("a plain:x\n", "plain").unwrap();
+        assert_eq!(plain_a.diff(&hashed).changed, 1);
+    }
 
     fn line_err(text: &str) -> (usize, LineProblem) {
         match AccountStore::parse(text, "accounts.txt") {

@@ -11,7 +11,7 @@
 
 use super::ready::{self, Ending};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, SessionInfo, Transport};
-use crate::auth::MAX_USERNAME_LEN;
+use crate::auth::{AccountStore, MAX_USERNAME_LEN};
 use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
@@ -397,11 +397,14 @@ async fn sasl_attempt<S: Transport>(
 ) -> Result<Step, Refused> {
     // Timed from <auth> to the verdict, login delay and failure floor included.
     let login_started = Instant::now();
+    // One account store for the whole exchange, even if a reload swaps it meanwhile: the SCRAM
+    // parameters shown in the challenge and the proof's check must come from the same store.
+    let accounts = ctx.accounts.load();
     // Started without the initial response, so that the delay can run before it is checked.
-    let (mut session, _) = SaslSession::start(mechanism, None, &ctx.accounts, &ctx.server_secret);
+    let (mut session, _) = SaslSession::start(mechanism, None, &accounts, &ctx.server_secret);
     let mut wait = None;
     let mut step = match initial.filter(|data| !data.is_empty()) {
-        Some(data) => delayed_step(&mut session, &data, ip, &mut wait, ctx).await,
+        Some(data) => delayed_step(&mut session, &accounts, &data, ip, &mut wait, ctx).await,
         None => Step::Challenge(Vec::new()),
     };
     while let Step::Challenge(challenge) = &step {
@@ -415,7 +418,7 @@ async fn sasl_attempt<S: Transport>(
             match sasl::decode_payload(&reply.text()) {
                 Ok(data) => {
                     let data = data.unwrap_or_default();
-                    delayed_step(&mut session, &data, ip, &mut wait, ctx).await
+                    delayed_step(&mut session, &accounts, &data, ip, &mut wait, ctx).await
                 }
                 Err(failure) => Step::Failure(failure),
             }
@@ -457,6 +460,7 @@ async fn sasl_attempt<S: Transport>(
 /// the check took (PBKDF2 for one kind of account, a hash for another) does not show.
 async fn delayed_step(
     session: &mut SaslSession,
+    accounts: &AccountStore,
     data: &[u8],
     ip: IpAddr,
     wait: &mut Option<Wait>,
@@ -480,7 +484,7 @@ async fn delayed_step(
         }
     }
     let began = tokio::time::Instant::now();
-    let step = session.step(data, &ctx.accounts);
+    let step = session.step(data, accounts);
     let answer_at = began + ctx.sasl_failure_floor;
     // Only when still ahead: a timer whose deadline has passed still waits for the next tick.
     if matches!(step, Step::Failure(_)) && tokio::time::Instant::now() < answer_at {
@@ -563,6 +567,12 @@ async fn bind<S: Transport>(
             Stats::bump(&ctx.stats.sessions_replaced);
             old.outbox.close("conflict");
             ctx.router.cpe_gone(old.conn_id);
+        }
+        // A reload may have removed the account after its login began. The reload closes the
+        // sessions of removed accounts that are bound when it swaps the store; a session bound
+        // after that swap sees the new store here and closes itself the same way.
+        if ctx.accounts.load().get(username).is_none() {
+            handle.outbox.close(crate::reload::ACCOUNT_REMOVED);
         }
         tracing::debug!(conn = conn_id, jid = %full, role = ?role, "session bound");
         return Ok((handle, bare));

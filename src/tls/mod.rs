@@ -66,6 +66,12 @@ impl Identity {
         Ok(Identity { chain, key })
     }
 
+    /// Whether `other` is the same certificate chain and key (a reload compares the files it
+    /// read with what is in use).
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+    }
+
     /// A rustls server configuration accepting exactly `versions`.
     pub fn server_config(
         &self,

@@ -5,7 +5,7 @@
 use crbroker::config::{Config, ListenerKind};
 use crbroker::xml::{ns, Element, Frame, Framer, FramerLimits};
 use crbroker::Broker;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +40,21 @@ pub struct TestPki {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// The CA itself, to issue more server certificates (certificate rotation).
+    ca: (rcgen::Certificate, rcgen::KeyPair),
+}
+
+impl TestPki {
+    /// A new server certificate for DOMAIN signed by the test CA, written to `cert_path` and
+    /// `key_path`. Returns the certificate's DER, the leaf a client will see.
+    pub fn issue_server_certificate(&self, cert_path: &Path, key_path: &Path) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![DOMAIN.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.ca.0, &self.ca.1).unwrap();
+        std::fs::write(cert_path, cert.pem()).unwrap();
+        std::fs::write(key_path, key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
 }
 
 pub fn pki() -> &'static TestPki {
@@ -74,6 +89,7 @@ pub fn pki() -> &'static TestPki {
             ca_pem: ca_cert.pem(),
             cert_path,
             key_path,
+            ca: (ca_cert, ca_key),
         }
     })
 }
@@ -254,10 +270,19 @@ impl TestBroker {
     }
 
     pub async fn start_with(options: TestOptions) -> TestBroker {
-        init_logging();
         let text = config_text(&options);
         let config =
             Config::parse(&text, "test-config.toml", pki().dir.clone()).expect("test config");
+        TestBroker::start_config(config).await
+    }
+
+    /// A broker on a configuration file (which `Broker::reload` reads again).
+    pub async fn start_file(path: &Path) -> TestBroker {
+        TestBroker::start_config(Config::load(path).expect("test config")).await
+    }
+
+    pub async fn start_config(config: Config) -> TestBroker {
+        init_logging();
         let broker = Broker::start(config).await.expect("broker starts");
         let c2s = broker.c2s_addrs.iter().map(|(_, a)| *a).collect();
         TestBroker {

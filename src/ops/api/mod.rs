@@ -26,16 +26,14 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 /// Longest connection-request username or password accepted (TR-069 limits them to 256).
 const MAX_CREDENTIAL_LEN: usize = 256;
 
-/// Reloads the configuration (SIGHUP's work) and says what changed; set when the broker runs.
-pub type ReloadFn = Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
-
 pub struct ApiState {
     pub entity: Arc<ApiEntity>,
     pub router: Arc<Router>,
     tokens: Vec<String>,
     /// The broker's own request deadline: the default wait.
     request_timeout: Duration,
-    pub reload: std::sync::OnceLock<ReloadFn>,
+    /// SIGHUP's work; set once the broker runs.
+    pub reloader: std::sync::OnceLock<crate::reload::Reloader>,
 }
 
 impl ApiState {
@@ -50,7 +48,7 @@ impl ApiState {
             router,
             tokens,
             request_timeout,
-            reload: std::sync::OnceLock::new(),
+            reloader: std::sync::OnceLock::new(),
         }
     }
 }
@@ -191,20 +189,27 @@ async fn connection_request(
     Ok((status, Json(answer)).into_response())
 }
 
-/// `POST /v1/reload`: what SIGHUP does.
+/// `POST /v1/reload`: what SIGHUP does; answers what changed, or why nothing did (422, the old
+/// configuration stays whole).
 async fn reload(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let Some(reload) = state.reload.get().cloned() else {
+    let Some(reloader) = state.reloader.get().cloned() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "reload is not available (the broker is starting)",
+            "reload is not available yet (the broker is starting)",
         ));
     };
-    match tokio::task::spawn_blocking(move || reload()).await {
-        Ok(Ok(report)) => Ok(Json(report).into_response()),
-        Ok(Err(why)) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, why)),
-        Err(_) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "reload failed",
+    tracing::info!("API: reloading");
+    let report = reloader.reload().await;
+    report.log();
+    match report.outcome {
+        Ok(changes) => Ok(Json(serde_json::json!({
+            "source": report.source,
+            "changes": changes,
+        }))
+        .into_response()),
+        Err(error) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{}: nothing changed: {error}", report.source),
         )),
     }
 }

@@ -1,0 +1,518 @@
+//! Reload without dropping anyone (SIGHUP, and the ops API on top of [`Reloader::reload`]).
+//!
+//! A reload reads the whole configuration file again with the same parser and validation as at
+//! start, then the certificate and key and the accounts (file and inline), and builds every new
+//! TLS configuration. Only when all of that succeeded does it swap anything, and the swaps
+//! cannot fail: an invalid file, certificate or accounts line leaves the running configuration
+//! whole, and the report says why (file, line and key, as at start).
+//!
+//! What a reload changes:
+//! - certificate and key, TLS versions, session tickets, SASL mechanisms: a new
+//!   [`Generation`] whose listener settings new connections get; established sessions keep the
+//!   TLS session they have.
+//! - accounts: the store is swapped; sessions of removed accounts are closed with
+//!   [`ACCOUNT_REMOVED`] and their pending requests answered (`service-unavailable`, as for any
+//!   CPE that goes away); a changed password leaves the live session alone (the next login
+//!   needs the new one).
+//! - component secrets: new handshakes use them; attached components stay.
+//! - the limits that are read when a connection starts (the stanza and stream limits,
+//!   `pre_auth_timeout_secs`, the outbox bounds, the CPE-to-ACS rate, `stuck_session_grace_secs`,
+//!   `sasl_failure_floor_ms`, `auth_attempts_per_connection`: see `changed_limits`) and
+//!   `server.shutdown_timeout_secs`: connections accepted after the reload get the new values,
+//!   live ones keep the values they started with.
+//!
+//! What needs a restart ([`restart_only_changes`]): the domain, worker threads, listener
+//! addresses and kinds, the component listener, the set of component domains and
+//! `accounts.acs` (the router's policy), the login-delay settings (the failure tables hold
+//! state computed with them; starting them afresh would hand a guesser a new budget), the
+//! connection caps (the counts admitted under the old caps would be checked against new ones),
+//! and `[requests]` (the pending table keeps deadlines in insertion order because the timeout
+//! is one constant). A file that changes any of these is refused as a whole, naming the keys:
+//! nothing is half applied.
+
+use crate::auth::{AccountDiff, AccountStore};
+use crate::config::{Config, ConfigError};
+use crate::context::{self, Generation, ListenerSettings};
+use crate::router::Router;
+use crate::swap::Swap;
+use crate::tls::{Identity, TlsError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The stream error that closes the session of an account a reload removed. RFC 6120 4.9.3.12
+/// `<not-authorized/>`: the entity's credentials are no longer good (Prosody closes the
+/// sessions of a deleted account the same way).
+pub const ACCOUNT_REMOVED: &str = "not-authorized";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the running configuration was not read from a file ({0}): nothing to reload")]
+    NoFile(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("accounts: {0}")]
+    Accounts(#[from] crate::auth::AuthError),
+    #[error("{file}: only a restart can apply changes to {}", keys.join(", "))]
+    NeedsRestart { file: String, keys: Vec<String> },
+    #[error("the reload task failed: {0}")]
+    Internal(String),
+}
+
+/// What a reload changed. Empty when the files were read and nothing differed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadChanges {
+    /// The certificate chain or the key differ: new handshakes use the new ones.
+    pub certificate: bool,
+    /// TLS versions, session tickets or SASL mechanisms of a listener differ.
+    pub listener_settings: bool,
+    pub accounts: AccountDiff,
+    /// Accounts after the reload.
+    pub accounts_total: usize,
+    /// Sessions of removed accounts asked to close.
+    pub sessions_closed: usize,
+    /// Component domains whose secret changed.
+    pub component_secrets: usize,
+    /// Keys (`limits.*`, `server.shutdown_timeout_secs`) whose value changed.
+    pub limits: Vec<String>,
+}
+
+impl ReloadChanges {
+    pub fn is_empty(&self) -> bool {
+        *self
+            == ReloadChanges {
+                accounts_total: self.accounts_total,
+                ..ReloadChanges::default()
+            }
+    }
+}
+
+impl std::fmt::Display for ReloadChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return write!(f, "nothing changed ({} accounts)", self.accounts_total);
+        }
+        let a = &self.accounts;
+        write!(
+            f,
+            "certificate {}, listener settings {}, accounts +{} -{} ~{} ({} in all, {} sessions closed), \
+             component secrets {}, limits [{}]",
+            if self.certificate { "new" } else { "same" },
+            if self.listener_settings { "new" } else { "same" },
+            a.added,
+            a.removed,
+            a.changed,
+            self.accounts_total,
+            self.sessions_closed,
+            self.component_secrets,
+            self.limits.join(", ")
+        )
+    }
+}
+
+/// The answer to one reload: where it read from, and what changed or why nothing did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub source: String,
+    pub outcome: Result<ReloadChanges, ReloadError>,
+}
+
+impl ReloadReport {
+    /// One log line: info when applied, warn when refused (the old configuration stays).
+    pub fn log(&self) {
+        match &self.outcome {
+            Ok(changes) => tracing::info!(source = %self.source, "reloaded: {changes}"),
+            Err(e) => tracing::warn!(
+                source = %self.source,
+                "reload refused, the running configuration stays as it was: {e}"
+            ),
+        }
+    }
+}
+
+/// Reloads a running broker. Cheap to clone; reloads run one at a time.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    generation: Arc<Swap<Generation>>,
+    accounts: Arc<Swap<AccountStore>>,
+    router: Arc<Router>,
+    /// What is running. Locked for a whole reload, on a blocking thread, never across an await
+    /// and never from the runtime's threads (a reload of a large accounts file takes seconds).
+    applied: Mutex<Applied>,
+    /// `server.shutdown_timeout_secs` in force, readable without that lock.
+    shutdown_timeout_secs: AtomicU64,
+}
+
+struct Applied {
+    config: Config,
+    identity: Identity,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        config: Config,
+        identity: Identity,
+        generation: Arc<Swap<Generation>>,
+        accounts: Arc<Swap<AccountStore>>,
+        router: Arc<Router>,
+    ) -> Reloader {
+        Reloader {
+            inner: Arc::new(Inner {
+                generation,
+                accounts,
+                router,
+                shutdown_timeout_secs: AtomicU64::new(config.server.shutdown_timeout_secs),
+                applied: Mutex::new(Applied { config, identity }),
+            }),
+        }
+    }
+
+    /// Read the configuration file the broker was started with (and everything it names) again
+    /// and apply it, or keep the running configuration and say why.
+    pub async fn reload(&self) -> ReloadReport {
+        self.run(None).await
+    }
+
+    /// Apply `config` (already parsed and validated) as a reload would apply the file.
+    pub async fn apply(&self, config: Config) -> ReloadReport {
+        self.run(Some(config)).await
+    }
+
+    /// The shutdown bound in force.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.shutdown_timeout_secs.load(Ordering::Relaxed))
+    }
+
+    /// File reading, PBKDF2-free account parsing and the certificate load run on a blocking
+    /// thread: an accounts file of a million lines takes a while.
+    async fn run(&self, config: Option<Config>) -> ReloadReport {
+        let inner = self.inner.clone();
+        let given = config.as_ref().map(|c| c.origin.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut applied = inner.lock();
+            let source = given.unwrap_or_else(|| applied.config.origin.clone());
+            let outcome = inner.reload(&mut applied, config);
+            ReloadReport { source, outcome }
+        })
+        .await
+        .unwrap_or_else(|e| ReloadReport {
+            source: "-".into(),
+            outcome: Err(ReloadError::Internal(e.to_string())),
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
+        // A panic in an earlier reload happened before its swaps (they cannot panic) or after
+        // them; either way `Applied` describes a whole configuration.
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reload(
+        &self,
+        applied: &mut Applied,
+        given: Option<Config>,
+    ) -> Result<ReloadChanges, ReloadError> {
+        // Everything that can fail comes first, before anything is swapped.
+        let config = match given {
+            Some(config) => config,
+            None => match &applied.config.path {
+                Some(path) => Config::load(path)?,
+                None => return Err(ReloadError::NoFile(applied.config.origin.clone())),
+            },
+        };
+        let keys = restart_only_changes(&applied.config, &config);
+        if !keys.is_empty() {
+            return Err(ReloadError::NeedsRestart {
+                file: config.origin.clone(),
+                keys,
+            });
+        }
+        let identity = Identity::load_or_create(&config)?;
+        let accounts = load_accounts(&config)?;
+        let current = self.generation.load();
+        let old = &applied.config;
+        let certificate = !identity.same_as(&applied.identity);
+        let tls_changed = certificate || old.tls.session_tickets != config.tls.session_tickets;
+        let mut listener_settings = tls_changed;
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (i, (was, now)) in old.listeners.iter().zip(&config.listeners).enumerate() {
+            let versions_changed = was.tls_versions != now.tls_versions;
+            let mechanisms_changed = was.sasl_mechanisms != now.sasl_mechanisms;
+            listener_settings |= versions_changed || mechanisms_changed;
+            let tls = if tls_changed || versions_changed {
+                identity.server_config(&now.tls_versions, config.tls.session_tickets)?
+            } else {
+                current.listeners[i].tls.clone()
+            };
+            listeners.push(Arc::new(ListenerSettings {
+                kind: now.kind,
+                mechanisms: now
+                    .sasl_mechanisms
+                    .iter()
+                    .copied()
+                    .map(context::mechanism)
+                    .collect(),
+                tls,
+            }));
+        }
+        let limits = changed_limits(old, &config);
+        let component_secrets = old
+            .components
+            .iter()
+            .filter(|was| {
+                config.components.iter().any(|now| {
+                    now.domain.eq_ignore_ascii_case(&was.domain) && now.secret != was.secret
+                })
+            })
+            .count();
+
+        // From here on nothing fails: swap.
+        if listener_settings || !limits.is_empty() || component_secrets > 0 {
+            let ctx = if limits.is_empty() && component_secrets == 0 {
+                current.ctx.clone()
+            } else {
+                Arc::new(current.ctx.reconfigured(&config))
+            };
+            let listeners = if listener_settings {
+                listeners
+            } else {
+                current.listeners.clone()
+            };
+            self.generation
+                .store(Arc::new(Generation { ctx, listeners }));
+        }
+        let accounts = Arc::new(accounts);
+        let diff = self.accounts.load().diff(&accounts);
+        let mut sessions_closed = 0;
+        if diff != AccountDiff::default() {
+            self.accounts.store(accounts.clone());
+            if diff.removed > 0 {
+                sessions_closed = self
+                    .router
+                    .close_clients(|user| accounts.get(user).is_some(), ACCOUNT_REMOVED);
+            }
+        }
+        self.shutdown_timeout_secs
+            .store(config.server.shutdown_timeout_secs, Ordering::Relaxed);
+        applied.config = config;
+        applied.identity = identity;
+        Ok(ReloadChanges {
+            certificate,
+            listener_settings,
+            accounts: diff,
+            accounts_total: accounts.len(),
+            sessions_closed,
+            component_secrets,
+            limits,
+        })
+    }
+}
+
+/// The account store a configuration names: the accounts file, then the inline accounts.
+pub(crate) fn load_accounts(config: &Config) -> Result<AccountStore, crate::auth::AuthError> {
+    let mut accounts = match &config.accounts.file {
+        Some(file) => AccountStore::load(&config.resolve(file.get_ref()))?,
+        None => AccountStore::new(),
+    };
+    for (username, password) in &config.accounts.plain {
+        accounts.insert_plain(username, password.expose())?;
+    }
+    Ok(accounts)
+}
+
+/// Push `prefix.field` for each named field that differs between `$old` and `$new`.
+macro_rules! push_differing {
+    ($out:ident, $prefix:literal, $old:expr, $new:expr, [$($field:ident),* $(,)?]) => {
+        $(
+            if $old.$field != $new.$field {
+                $out.push(concat!($prefix, stringify!($field)).to_string());
+            }
+        )*
+    };
+}
+
+/// The reloadable keys whose value differs: `[limits]` read when a connection starts, and the
+/// shutdown bound.
+fn changed_limits(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    push_differing!(
+        changed,
+        "limits.",
+        old.limits,
+        new.limits,
+        [
+            max_stanza_bytes,
+            max_depth,
+            max_attributes,
+            max_elements,
+            max_header_bytes,
+            pre_auth_timeout_secs,
+            outbox_stanzas,
+            outbox_bytes,
+            acs_outbox_answer_bytes,
+            cpe_to_acs_burst,
+            cpe_to_acs_per_minute,
+            stuck_session_grace_secs,
+            sasl_failure_floor_ms,
+            auth_attempts_per_connection,
+        ]
+    );
+    push_differing!(
+        changed,
+        "server.",
+        old.server,
+        new.server,
+        [shutdown_timeout_secs]
+    );
+    changed
+}
+
+/// The keys whose change only a restart can apply (see the module doc for why each).
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let lower_sorted = |names: &mut dyn Iterator<Item = &String>| {
+        let mut v: Vec<String> = names.map(|n| n.to_ascii_lowercase()).collect();
+        v.sort();
+        v
+    };
+    let mut keys = Vec::new();
+    if !old.domain().eq_ignore_ascii_case(new.domain()) {
+        keys.push("server.domain".to_string());
+    }
+    push_differing!(keys, "server.", old.server, new.server, [worker_threads]);
+    if old.listeners.len() != new.listeners.len() {
+        keys.push("listener (count)".into());
+    }
+    for (i, (was, now)) in old.listeners.iter().zip(&new.listeners).enumerate() {
+        if was.address != now.address {
+            keys.push(format!("listener[{i}].address"));
+        }
+        if was.kind != now.kind {
+            keys.push(format!("listener[{i}].kind"));
+        }
+    }
+    if old.component_listener.as_ref().map(|c| c.address)
+        != new.component_listener.as_ref().map(|c| c.address)
+    {
+        keys.push("component_listener.address".into());
+    }
+    if lower_sorted(&mut old.components.iter().map(|c| &c.domain))
+        != lower_sorted(&mut new.components.iter().map(|c| &c.domain))
+    {
+        keys.push("component (domains)".into());
+    }
+    if lower_sorted(&mut old.accounts.acs.iter()) != lower_sorted(&mut new.accounts.acs.iter()) {
+        keys.push("accounts.acs".into());
+    }
+    push_differing!(
+        keys,
+        "limits.",
+        old.limits,
+        new.limits,
+        [
+            login_delay_base_ms,
+            login_delay_account_free,
+            login_delay_account_max_ms,
+            login_delay_address_free,
+            login_delay_address_max_ms,
+            login_failure_window_secs,
+            max_pre_auth_per_ip,
+            max_pre_auth_total,
+            max_sessions,
+        ]
+    );
+    push_differing!(
+        keys,
+        "requests.",
+        old.requests,
+        new.requests,
+        [timeout_ms, max_pending_per_cpe, max_pending_per_acs]
+    );
+    // The ops listener, the API's tokens and identity, and logging are set up once at start.
+    push_differing!(
+        keys,
+        "ops.",
+        old.ops,
+        new.ops,
+        [enabled, address, api_domain]
+    );
+    let tokens = |c: &Config| -> Vec<String> {
+        c.ops
+            .api_tokens
+            .iter()
+            .map(|t| t.expose().to_string())
+            .collect()
+    };
+    if tokens(old) != tokens(new) {
+        keys.push("ops.api_tokens".into());
+    }
+    if old.ops.api_token_file.as_ref().map(|f| f.get_ref())
+        != new.ops.api_token_file.as_ref().map(|f| f.get_ref())
+    {
+        keys.push("ops.api_token_file".into());
+    }
+    if old.log.format != new.log.format {
+        keys.push("log.format".into());
+    }
+    if old.log.level != new.log.level {
+        keys.push("log.level".into());
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn parse(extra: &str) -> Config {
+        parse_with("127.0.0.1:5222", "starttls", extra)
+    }
+
+    fn parse_with(address: &str, kind: &str, extra: &str) -> Config {
+        let text = format!(
+            "[server]\ndomain = \"example.net\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nauto_create_dev_cert = true\n\
+             [[listener]]\naddress = \"{address}\"\nkind = \"{kind}\"\n{extra}"
+        );
+        Config::parse(&text, "test.toml", PathBuf::from(".")).expect("config")
+    }
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let old = parse("[limits]\nmax_sessions = 0\n[requests]\ntimeout_ms = 10000\n");
+        let new = parse("[limits]\nmax_sessions = 5\n[requests]\ntimeout_ms = 5000\n");
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["limits.max_sessions", "requests.timeout_ms"]
+        );
+        assert!(changed_limits(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn reloadable_limits_are_not_restart_only() {
+        let old = parse("");
+        let new = parse("[limits]\nmax_stanza_bytes = 4096\nsasl_failure_floor_ms = 50\n");
+        assert!(restart_only_changes(&old, &new).is_empty());
+        assert_eq!(
+            changed_limits(&old, &new),
+            vec!["limits.max_stanza_bytes", "limits.sasl_failure_floor_ms"]
+        );
+    }
+
+    #[test]
+    fn a_moved_listener_needs_a_restart() {
+        let old = parse("");
+        let new = parse_with("127.0.0.1:5223", "direct_tls", "");
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["listener[0].address", "listener[0].kind"]
+        );
+    }
+}
