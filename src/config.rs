@@ -324,7 +324,7 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive, e.g. `info` or `info,crbroker::requests=debug`.
     #[serde(default = "defaults::log_level")]
-    pub level: String,
+    pub level: Spanned<String>,
 }
 
 mod defaults {
@@ -338,8 +338,8 @@ mod defaults {
     pub fn log_format() -> LogFormat {
         LogFormat::Text
     }
-    pub fn log_level() -> String {
-        "info,crbroker::requests=warn".into()
+    pub fn log_level() -> toml::Spanned<String> {
+        toml::Spanned::new(0..0, "info,crbroker::requests=warn".into())
     }
     pub fn shutdown_timeout_secs() -> u64 {
         5
@@ -523,6 +523,15 @@ impl Config {
                 Some(&self.server.domain),
                 "server.domain",
                 format!("{domain:?} is not a valid domain name"),
+            ));
+        }
+        // Checked here so that `check-config` catches it, not only the start of the binary.
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(self.log.level.get_ref()) {
+            return Err(self.error_at(
+                text,
+                Some(&self.log.level),
+                "log.level",
+                format!("not a log filter directive: {e}"),
             ));
         }
         let find_line = |needle: &str| text.find(needle).map(|o| line_of(text, o)).unwrap_or(0);

@@ -64,7 +64,7 @@ fn init_tracing(log: &LogConfig) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) => EnvFilter::try_new(&directives).map_err(|e| format!("RUST_LOG: {e}"))?,
-        Err(_) => EnvFilter::try_new(&log.level).map_err(|e| format!("log.level: {e}"))?,
+        Err(_) => EnvFilter::try_new(log.level.get_ref()).map_err(|e| format!("log.level: {e}"))?,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log.format {

@@ -285,31 +285,33 @@ async fn ops_listener_can_be_turned_off() {
     broker.shutdown().await;
 }
 
-/// The real binary with `[log] format = "json"` writes one JSON object per line with the level
-/// and the message; `RUST_LOG` is unset so `[log] level` applies.
-#[tokio::test]
-async fn binary_logs_json_lines() {
+/// The real binary on `config_text` with `[log]` appended, stdout piped; waits until ready.
+async fn start_logging_binary(log: &str, rust_log: Option<&str>) -> (Running, String) {
     let ports = free_ports(6);
     let mut text = config_text(&TestOptions::default());
     for port in &ports {
         text = text.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
     }
-    text.push_str("\n[log]\nformat = \"json\"\nlevel = \"info\"\n");
-    let path = pki().dir.join(format!("json-log-{}.toml", ports[0]));
+    text.push_str(&format!("\n[log]\n{log}\n"));
+    let path = pki().dir.join(format!("log-{}.toml", ports[0]));
     std::fs::write(&path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_crbroker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crbroker"));
+    command
         .arg("--config")
         .arg(&path)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("broker binary starts");
-    let mut running = Running { child };
+        .stderr(Stdio::inherit());
+    if let Some(directives) = rust_log {
+        command.env("RUST_LOG", directives);
+    }
+    let mut running = Running {
+        child: command.spawn().expect("broker binary starts"),
+    };
     let ops: std::net::SocketAddr = format!("127.0.0.1:{}", ports[5]).parse().unwrap();
     wait_listening(ops).await;
-    // Ready means "crbroker started" has been logged.
+    // Ready means "crbroker started" has been logged (if the level lets it through).
     let deadline = Instant::now() + IO_TIMEOUT;
     while get(ops, "/readyz").await.status() != 200 {
         assert!(Instant::now() < deadline, "never ready");
@@ -319,6 +321,14 @@ async fn binary_logs_json_lines() {
     let _ = running.child.kill();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    (running, out)
+}
+
+/// `[log] format = "json"`: one JSON object per line with the level and the message;
+/// `RUST_LOG` is unset so `[log] level` applies.
+#[tokio::test]
+async fn binary_logs_json_lines() {
+    let (_running, out) = start_logging_binary("format = \"json\"\nlevel = \"info\"", None).await;
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -329,4 +339,31 @@ async fn binary_logs_json_lines() {
         .unwrap_or_else(|| panic!("no start line in {out}"));
     assert_eq!(started["level"], "INFO");
     assert_eq!(started["fields"]["domain"], DOMAIN);
+}
+
+/// `RUST_LOG`, when set, wins over `[log] level`.
+#[tokio::test]
+async fn rust_log_wins_over_the_configured_level() {
+    let (_running, out) =
+        start_logging_binary("format = \"json\"\nlevel = \"info\"", Some("warn")).await;
+    assert!(
+        !out.contains("crbroker started"),
+        "info lines despite RUST_LOG=warn: {out}"
+    );
+}
+
+#[test]
+fn a_bad_log_level_is_refused_with_file_line_and_key() {
+    let text = format!(
+        "{}\n[log]\nlevel = \"info,[unclosed\"\n",
+        config_text(&TestOptions::default())
+    );
+    let error = crbroker::config::Config::parse(&text, "bad-log.toml", pki().dir.clone())
+        .unwrap_err()
+        .to_string();
+    let line = text.lines().position(|l| l.starts_with("level =")).unwrap() + 1;
+    assert!(
+        error.starts_with(&format!("bad-log.toml:{line}: log.level: ")),
+        "{error}"
+    );
 }

@@ -11,6 +11,7 @@ mod logintiming;
 mod preauth;
 mod procstat;
 mod report;
+mod scrape;
 mod tls;
 mod xml;
 
@@ -166,6 +167,12 @@ struct RunArgs {
     /// Tokio worker threads of the tool (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The broker's ops listener: after the idle phase, GET /metrics `--scrapes` times and
+    /// report the broker CPU per scrape. Loopback only.
+    #[arg(long)]
+    scrape: Option<SocketAddr>,
+    #[arg(long, default_value_t = 200)]
+    scrapes: usize,
 }
 
 fn main() -> ExitCode {
@@ -284,7 +291,10 @@ fn table(files: &[PathBuf]) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    for addr in [args.c2s, args.component_addr] {
+    for addr in [args.c2s, args.component_addr]
+        .into_iter()
+        .chain(args.scrape)
+    {
         if !addr.ip().is_loopback() {
             eprintln!("crbroker-bench: {addr} is not a loopback address; this tool only loads 127.0.0.0/8 and ::1");
             return ExitCode::from(2);
@@ -494,6 +504,12 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
             report.idle.broker_rss_per_session_bytes =
                 Some((idle as f64 - before as f64) * 1024.0 / online.len() as f64);
         }
+    }
+
+    // Phase 2b: scrapes of /metrics with the sessions online.
+    if let Some(addr) = args.scrape {
+        eprintln!("[{}] GET /metrics x {}", args.label, args.scrapes);
+        report.scrape = Some(scrape::run(addr, args.scrapes, pid).await?);
     }
 
     // Phase 3: connection requests.

@@ -131,6 +131,22 @@ pub struct Report {
     pub sessions_lost: u64,
     pub sessions_lost_samples: Vec<String>,
     pub teardown: Teardown,
+    /// `--scrape ADDR`: GET /metrics with the sessions online.
+    #[serde(default)]
+    pub scrape: Option<ScrapePhase>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScrapePhase {
+    pub scrapes: usize,
+    /// Size of the last /metrics body.
+    pub body_bytes: usize,
+    /// `crbroker_sessions_online{role="cpe"}` in the last scrape (a check: it should equal the
+    /// sessions online).
+    pub cpe_sessions_reported: Option<f64>,
+    pub wall_ms_per_scrape: f64,
+    pub broker_cpu_ms_per_scrape: Option<f64>,
+    pub cpu: CpuUsed,
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -146,6 +162,15 @@ impl Report {
         let mut failures = Vec::new();
         if self.login.failed > 0 {
             failures.push(format!("{} logins failed", self.login.failed));
+        }
+        if let Some(scrape) = &self.scrape {
+            if scrape.cpe_sessions_reported != Some(self.login.ok as f64) {
+                failures.push(format!(
+                    "/metrics reported {} CPE sessions, {} were online",
+                    opt(scrape.cpe_sessions_reported, 0),
+                    self.login.ok
+                ));
+            }
         }
         if self.sessions_lost > 0 {
             failures.push(format!(
@@ -239,6 +264,17 @@ impl Report {
             "  tool RSS                 {} MiB",
             opt(i.tool_rss_kib.map(|k| k as f64 / 1024.0), 1)
         );
+        if let Some(p) = &self.scrape {
+            let _ = writeln!(s, "GET /metrics x {} with the sessions online", p.scrapes);
+            let _ = writeln!(
+                s,
+                "  broker CPU per scrape    {} ms   (wall {:.2} ms, body {} bytes, cpe sessions reported {})",
+                opt(p.broker_cpu_ms_per_scrape, 3),
+                p.wall_ms_per_scrape,
+                p.body_bytes,
+                opt(p.cpe_sessions_reported, 0)
+            );
+        }
         for phase in [&self.open_loop, &self.closed_loop].into_iter().flatten() {
             let title = match phase.mode.as_str() {
                 "open" => format!(

@@ -121,3 +121,47 @@ async fn readyz(State(state): State<Arc<OpsState>>) -> (StatusCode, axum::Json<R
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::ConnectionCaps;
+    use crate::ops::metrics::Stats;
+    use crate::pending::PendingTable;
+    use crate::router::Router;
+    use std::time::Duration;
+
+    /// /readyz over real HTTP through each phase (the broker passes "starting" too quickly for
+    /// an integration test to catch it).
+    #[tokio::test]
+    async fn readyz_follows_the_phase() {
+        let stats = Arc::new(Stats::default());
+        let pending = PendingTable::new(Duration::from_secs(1), 1, 1);
+        let sources = Sources {
+            router: Arc::new(Router::new("example.net", &[], [], pending, stats.clone())),
+            stats,
+            caps: Arc::new(ConnectionCaps::new(0, 0, 0)),
+        };
+        let state = Arc::new(OpsState::new(sources));
+        let (listener, address) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        spawn(listener, router(state.clone()), stop_rx);
+        let readyz = || async {
+            let response = reqwest::get(format!("http://{address}/readyz"))
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        };
+        let (status, body) = readyz().await;
+        assert_eq!(status, 503);
+        assert!(body.contains("\"reason\":\"starting"), "{body}");
+        state.set_phase(Phase::Ready);
+        assert_eq!(readyz().await, (200, "{\"ready\":true}".to_string()));
+        state.set_phase(Phase::ShuttingDown);
+        let (status, body) = readyz().await;
+        assert_eq!(status, 503);
+        assert!(body.contains("shutting down"), "{body}");
+        let _ = stop.send(true);
+    }
+}

@@ -44,7 +44,9 @@ counters! {
     connections_open,
     /// Sessions currently bound (CPEs and ACS accounts) or handshaken (components).
     sessions_online,
+    /// SASL logins that succeeded (c2s).
     logins_ok,
+    /// SASL attempts that failed (c2s).
     logins_failed,
     /// SASL attempts that waited before their check because of recent failures (src/throttle.rs).
     logins_delayed,
@@ -55,18 +57,29 @@ counters! {
     login_failure_generations_dropped,
     /// Attempts refused at once because the username is longer than auth::MAX_USERNAME_LEN.
     logins_username_too_long,
+    /// Successful logins with PLAIN.
     auth_plain,
+    /// Successful logins with SCRAM-SHA-1.
     auth_scram_sha1,
+    /// Successful logins with SCRAM-SHA-256.
     auth_scram_sha256,
+    /// XEP-0114 component handshakes accepted.
     component_handshakes_ok,
+    /// XEP-0114 component handshakes refused.
     component_handshakes_failed,
     /// Connection requests (IQ get/set from an ACS to a CPE) relayed to a CPE.
     requests_relayed,
+    /// Connection requests answered by the CPE with a result.
     requests_answered_result,
+    /// Connection requests answered by the CPE with an error.
     requests_answered_error,
+    /// Connection requests answered service-unavailable: the CPE was not online.
     requests_offline,
+    /// Connection requests answered remote-server-timeout: the CPE did not answer in time.
     requests_timed_out,
+    /// Connection requests answered resource-constraint: pending caps or the CPE's outbox full.
     requests_overloaded,
+    /// Connection requests answered service-unavailable: the CPE's session ended first.
     requests_cpe_gone,
     /// CPE answers that arrived after the broker had answered (timeout) or for unknown ids.
     answers_late_or_unknown,
@@ -81,12 +94,14 @@ counters! {
     /// among them was answered `resource-constraint`); connection requests from an ACS to a CPE
     /// are counted in `requests_overloaded` instead.
     stanzas_dropped_outbox_full,
+    /// Stream errors the broker sent.
     stream_errors_sent,
     /// Connections ended by a TLS error: a fatal alert from the peer, or a record or message
     /// rustls refused (it sent its alert). Not counted: a clean close_notify.
     tls_errors,
     /// Connections whose peer closed TLS cleanly with close_notify.
     tls_close_notify,
+    /// Sessions closed with conflict because a new one bound the same full JID.
     sessions_replaced,
     /// Connections closed because a write stalled for the stuck-session grace.
     sessions_stuck_closed,
@@ -323,7 +338,7 @@ mod tests {
             .find(|(n, _, _)| *n == "requests_timed_out")
             .unwrap();
         assert_eq!(*value, 1);
-        assert!(help.is_empty());
+        assert!(help.contains("remote-server-timeout"), "{help}");
         assert!(described.iter().any(
             |(n, h, _)| *n == "connections_accepted" && h.contains("TCP connections accepted")
         ));
