@@ -134,6 +134,12 @@ impl Router {
         replaced
     }
 
+    /// How many client sessions are bound right now (for the admin view and the fuzz target's
+    /// check that a finished connection left nothing behind).
+    pub fn bound_clients(&self) -> usize {
+        self.clients.iter().map(|entry| entry.value().len()).sum()
+    }
+
     pub fn unbind_client(&self, bare: &str, conn_id: u64) {
         self.clients.remove_if_mut(bare, |_, sessions| {
             sessions.retain(|s| s.conn_id != conn_id);

@@ -36,7 +36,6 @@
 
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -44,60 +43,8 @@ use crbroker::xml::writer::write_element;
 use crbroker::xml::{ns, Element, Frame, FrameError, Framer, FramerLimits};
 use libfuzzer_sys::fuzz_target;
 
-// ---------------------------------------------------------------------------------------------
-// Counting allocator: live and peak heap bytes (requested sizes) of this process.
-
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-fn shrank(n: usize) {
-    LIVE.fetch_sub(n, Ordering::Relaxed);
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                shrank(layout.size() - new_size);
-            }
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../common/counting_alloc.rs"]
+mod counting_alloc;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -403,13 +350,12 @@ fn check_header_namespace(plan: &Plan) {
 static MAX_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 fn check_memory(plan: &Plan) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let heap = counting_alloc::Measure::start();
     {
         let mut framer = Framer::new(plan.limits, plan.content_ns);
         let _ = feed(&mut framer, &plan.data, &plan.chunk_sizes, drop);
     }
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let peak = heap.peak();
     let bound = memory_bound(&plan.limits);
     assert!(
         peak <= bound,

@@ -217,21 +217,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             self.ending = Ending::Failed;
             Stats::bump(&self.stats.tls_errors);
             tracing::debug!("TLS error: {error}");
-            // rustls queues its alert before reporting the error; collect it into `out`.
-            for _ in 0..4 {
-                let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-                match state {
-                    Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                        let _ = append_with(&mut self.out, |buf| {
-                            encode.encode(buf).map_err(|e| match e {
-                                EncodeError::InsufficientSize(s) => Some(s.required_size),
-                                EncodeError::AlreadyEncoded => None,
-                            })
-                        });
-                    }
-                    Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                    _ => break,
-                }
+            // rustls queues its alert before reporting the error, as the last chunk of its
+            // output; the next call hands out a queued chunk before it looks at any input.
+            // Exactly one call, with the real remaining bytes (fuzz/regressions/unauth-tls-*):
+            // - with an empty slice, rustls's handshake deframer, which keeps offsets into the
+            //   bytes it was given, indexed out of bounds when no alert was queued (an oversized
+            //   handshake message gets none);
+            // - a second call would parse the failing record again and queue a second fatal
+            //   alert (a debug assertion in rustls).
+            let UnbufferedStatus { state, .. } =
+                self.conn.process_tls_records(&mut self.incoming[..]);
+            if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+                let _ = append_with(&mut self.out, |buf| {
+                    encode.encode(buf).map_err(|e| match e {
+                        EncodeError::InsufficientSize(s) => Some(s.required_size),
+                        EncodeError::AlreadyEncoded => None,
+                    })
+                });
             }
         }
         io::Error::new(io::ErrorKind::InvalidData, error)
@@ -406,5 +408,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         }
         ready!(this.poll_write_out(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsVersion;
+    use crate::tls::{create_dev_certificate, Identity};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One configuration per test process (the tests run in parallel and share the temp dir).
+    fn server_config() -> Arc<ServerConfig> {
+        static CONFIG: std::sync::OnceLock<Arc<ServerConfig>> = std::sync::OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("crbroker-stream-test-{}", std::process::id()));
+                let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+                create_dev_certificate("example.net", &cert, &key).unwrap();
+                let identity = Identity::load(&cert, &key).unwrap();
+                let _ = std::fs::remove_dir_all(&dir);
+                identity
+                    .server_config(&[TlsVersion::Tls12, TlsVersion::Tls13], 0)
+                    .unwrap()
+            })
+            .clone()
+    }
+
+    /// A ClientHello that does not decode gets rustls's fatal alert (collected by `fail`).
+    #[tokio::test]
+    async fn undecodable_client_hello_gets_an_alert() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let accepted = TlsStream::accept(server_config(), server, stats.clone()).await;
+        assert!(accepted.is_err());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.first(), Some(&0x15), "an alert record: {rest:02x?}");
+        assert_eq!(rest.len(), 7, "exactly one plaintext alert: {rest:02x?}");
+    }
+
+    /// Found by the unauth fuzz target (fuzz/regressions/unauth-tls-oversized-handshake): a
+    /// ClientHello declaring more than rustls accepts (no alert for that in rustls) made `fail`
+    /// call rustls with an empty buffer while its handshake deframer held offsets into the real
+    /// one: an index panic in the connection task.
+    #[tokio::test]
+    async fn oversized_handshake_message_fails_without_panicking() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00])
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let accepted = TlsStream::accept(server_config(), server, stats.clone()).await;
+        let error = accepted.err().expect("the handshake fails");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert_eq!(Stats::get(&stats.tls_errors), 1);
+        // Nothing but the end of the stream comes back (rustls sends no alert for this error).
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty() || rest[0] == 0x15, "{rest:02x?}");
     }
 }
