@@ -3,6 +3,8 @@
 //! the container file's shape (no container engine runs here) and its config with
 //! `crbroker check-config`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -148,4 +150,73 @@ fn container_config_is_valid() {
     );
     let text = std::fs::read_to_string(repo("contrib/container/config.toml")).unwrap();
     assert!(text.contains("auto_create_dev_cert = false"));
+}
+
+/// The container's HEALTHCHECK command, run as written (the port adapted) against the real
+/// binary: it fails while nothing is ready and succeeds once the broker is.
+#[test]
+fn container_health_check_command_reports_readiness() {
+    let text = std::fs::read_to_string(repo("contrib/container/Containerfile")).unwrap();
+    let command = text
+        .split("HEALTHCHECK")
+        .nth(1)
+        .and_then(|rest| rest.split("CMD ").nth(1))
+        .map(|cmd| cmd.lines().next().unwrap().trim().to_string())
+        .expect("a HEALTHCHECK CMD");
+    assert!(command.contains("127.0.0.1:5280/readyz"), "{command}");
+    // Every listener on a free port; the ops listener is the last "127.0.0.1:0" in the config.
+    let config = common_config();
+    let slots = config.matches("127.0.0.1:0").count();
+    let ports: Vec<u16> = (0..slots)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let mut text = config;
+    for port in &ports {
+        text = text.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+    }
+    let ops_port = *ports.last().unwrap();
+    let check = command.replace("127.0.0.1:5280", &format!("127.0.0.1:{ops_port}"));
+    let run_check = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg(&check)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("sh runs (curl: Debian package curl)")
+            .success()
+    };
+    assert!(!run_check(), "healthy with no broker running: {check}");
+    let dir = std::env::temp_dir().join(format!("crbroker-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crbroker"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut healthy = false;
+    while std::time::Instant::now() < deadline {
+        if run_check() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(healthy, "the health check never passed: {check}");
+}
+
+/// The test broker's config (tests/common), with its test certificate.
+fn common_config() -> String {
+    common::config_text(&common::TestOptions::default())
 }
