@@ -98,7 +98,7 @@ pub async fn serve<S: Transport + Send + 'static>(
         // The negotiation's state (TLS handshake, SASL) is freed once it is done, so the
         // long-lived task holds only what the ready loop needs. The select's result is a
         // temporary, not a local, so the task does not keep a second copy of the connection.
-        let Some((mut conn, handle, bare)) = (tokio::select! {
+        let Some((mut conn, handle)) = (tokio::select! {
             bound = negotiation => bound,
             _ = crate::context::stopped(&mut shutdown) => None,
         }) else {
@@ -108,7 +108,7 @@ pub async fn serve<S: Transport + Send + 'static>(
         tracing::Span::current().record("jid", handle.jid.as_str());
         ctx.stats.session_opened(handle.role);
         let ending = ready::run(&mut conn, &handle, &ctx).await;
-        finish(&mut conn, &handle, &bare, &ctx, ending).await;
+        finish(&mut conn, &handle, &ctx, ending).await;
     }
     .instrument(span)
     .await
@@ -124,14 +124,14 @@ async fn after_tls<S: Transport>(
     deadline: tokio::time::Instant,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Option<(Box<TlsConn<S>>, Arc<SessionHandle>, String)> {
+) -> Option<(Box<TlsConn<S>>, Arc<SessionHandle>)> {
     match tokio::time::timeout_at(
         deadline,
         authenticate_and_bind(&mut conn, conn_id, peer, listener, ctx),
     )
     .await
     {
-        Ok(Ok((handle, bare))) => Some((conn, handle, bare)),
+        Ok(Ok(handle)) => Some((conn, handle)),
         Ok(Err(Refused)) => None,
         Err(_) => {
             conn.send_stream_error(&ctx.domain, "connection-timeout", None)
@@ -144,11 +144,12 @@ async fn after_tls<S: Transport>(
 async fn finish<S: Transport>(
     conn: &mut TlsConn<S>,
     handle: &Arc<SessionHandle>,
-    bare: &str,
     ctx: &Context,
     ending: Ending,
 ) {
     handle.seal(&ctx.stats);
+    // The bare JID is the full one up to its resource: not kept twice for the session's life.
+    let bare = handle.jid.split('/').next().unwrap_or_default();
     ctx.router.unbind_client(bare, handle.conn_id);
     if handle.role == Role::Cpe {
         ctx.router.cpe_gone(handle.conn_id);
@@ -290,7 +291,7 @@ async fn authenticate_and_bind<S: Transport>(
     peer: SocketAddr,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Result<(Arc<SessionHandle>, String), Refused> {
+) -> Result<Arc<SessionHandle>, Refused> {
     open_stream(conn, ctx).await?;
     let mut features =
         String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
@@ -499,7 +500,7 @@ async fn bind<S: Transport>(
     username: &str,
     info: SessionInfo,
     ctx: &Context,
-) -> Result<(Arc<SessionHandle>, String), Refused> {
+) -> Result<Arc<SessionHandle>, Refused> {
     loop {
         let element = next_element(conn, ctx).await?;
         let is_iq_set = element.is("iq", "") && element.attr("type") == Some("set");
@@ -575,6 +576,6 @@ async fn bind<S: Transport>(
             handle.outbox.close(crate::reload::ACCOUNT_REMOVED);
         }
         tracing::debug!(conn = conn_id, jid = %full, role = ?role, "session bound");
-        return Ok((handle, bare));
+        return Ok(handle);
     }
 }
