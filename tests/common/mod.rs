@@ -23,6 +23,8 @@ pub const ACS_USER: &str = "acs";
 pub const ACS_PASSWORD: &str = "acs-password";
 /// CPE accounts cpe-0000 .. cpe-{CPE_ACCOUNTS-1}, password `pw-<username>`.
 pub const CPE_ACCOUNTS: usize = 64;
+/// Bearer token of the /v1 API in the test config.
+pub const API_TOKEN: &str = "test-token";
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn cpe_user(i: usize) -> String {
@@ -231,6 +233,7 @@ max_pending_per_acs = {per_acs}
 [ops]
 # Any free port: tests read the bound one from Broker::ops_addr (never 5280).
 address = "127.0.0.1:0"
+api_tokens = ["{API_TOKEN}"]
 "#,
         shutdown = options.shutdown_timeout_secs,
         cert = pki.cert_path.display(),
