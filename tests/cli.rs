@@ -136,6 +136,13 @@ async fn cr_sessions_kick_and_offline() {
         "{text}"
     );
 
+    // A full JID (its `/` percent-encoded in the path) names that session.
+    let text = expect(&cli.run(&["sessions", &jid]).await, 0);
+    assert!(
+        text.starts_with(&format!("{jid}: online, 1 session\n")),
+        "{text}"
+    );
+
     // A connection request the CPE accepts: exit 0, one line naming the outcome and the JID.
     let args = [
         "cr",
