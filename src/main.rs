@@ -1,4 +1,7 @@
-//! The `crbroker` command: run the broker, check a config, or hash a password.
+//! The `crbroker` command: run the broker, check a config, or hash a password; the support-staff
+//! commands that talk to a running broker's API live in `cli/`.
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use crbroker::config::{Config, LogConfig, LogFormat, DEFAULT_CONFIG};
@@ -33,6 +36,8 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    #[command(flatten)]
+    Api(cli::ApiCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
             iterations,
         } => hash_password(&username, password, iterations),
         Command::Run => run(cli.config),
+        Command::Api(command) => cli::run(command, cli.config),
     }
 }
 

@@ -61,8 +61,9 @@ pub enum ReloadError {
     Internal(String),
 }
 
-/// What a reload changed. Empty when the files were read and nothing differed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// What a reload changed. Empty when the files were read and nothing differed. Deserialize: the
+/// CLI (`crbroker reload`) reads it back from `POST /v1/reload` and prints it with this Display.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadChanges {
     /// The certificate chain or the key differ: new handshakes use the new ones.
     pub certificate: bool,

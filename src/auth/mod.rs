@@ -276,7 +276,7 @@ impl Account {
 }
 
 /// Counts of what a reload changes in the account store ([`AccountStore::diff`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccountDiff {
     pub added: usize,
     pub removed: usize,

@@ -209,7 +209,8 @@ async fn reload(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError
         .into_response()),
         Err(error) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{}: nothing changed: {error}", report.source),
+            // The error names the file itself.
+            format!("nothing changed: {error}"),
         )),
     }
 }
