@@ -574,6 +574,28 @@ fn writer_keeps_tab_and_newline_in_attribute_values() {
     );
 }
 
+/// fuzz/regressions/framer-writer-xml-namespace-element: `<xml:l/>` is an element in the XML
+/// namespace; the writer declared that as a default namespace (`<l xmlns='…/XML/1998/namespace'/>`),
+/// which parsers refuse, so a CPE could make the broker send the ACS a stream it cannot parse.
+#[test]
+fn writer_keeps_the_xml_prefix_for_elements_in_the_xml_namespace() {
+    let el = Element::stanza("message").with_child(
+        Element::new(ns::XML, "l")
+            .with_child(Element::stanza("body").with_text("x"))
+            .with_child(Element::new("urn:x", "y")),
+    );
+    for stream_ns in [ns::CLIENT, ns::COMPONENT] {
+        let mut data = header(stream_ns);
+        write_element(&mut data, &el, stream_ns);
+        let (frames, error) = run_whole(stream_ns, LIMITS, &data);
+        assert_eq!(error, None, "{}", String::from_utf8_lossy(&data));
+        assert_eq!(
+            canonical(&frames),
+            canonical(&[expected_header(stream_ns), Frame::Stanza(el.clone())])
+        );
+    }
+}
+
 #[test]
 fn error_condition_does_not_depend_on_chunking() {
     let mut data = header(ns::CLIENT);

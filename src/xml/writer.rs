@@ -12,9 +12,16 @@ pub fn write_element(out: &mut Vec<u8>, element: &Element, stream_ns: &str) {
 }
 
 fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_ns: &str) {
+    // The XML namespace must not be declared as a default namespace (Namespaces in XML 1.0,
+    // section 3; parsers refuse it): an element in it (`<xml:x/>` from a peer) keeps the
+    // predeclared `xml:` prefix, and its children see the default namespace unchanged.
+    let xml_prefixed = element.ns == ns::XML;
     out.push(b'<');
+    if xml_prefixed {
+        out.extend_from_slice(b"xml:");
+    }
     out.extend_from_slice(element.name.as_bytes());
-    if element.ns != inherited_ns {
+    if !xml_prefixed && element.ns != inherited_ns {
         out.extend_from_slice(b" xmlns='");
         let uri = if element.ns.is_empty() {
             stream_ns
@@ -51,13 +58,21 @@ fn write_inner(out: &mut Vec<u8>, element: &Element, stream_ns: &str, inherited_
         return;
     }
     out.push(b'>');
+    let default_ns = if xml_prefixed {
+        inherited_ns
+    } else {
+        &element.ns
+    };
     for child in &element.children {
         match child {
-            Node::Element(e) => write_inner(out, e, stream_ns, &element.ns),
+            Node::Element(e) => write_inner(out, e, stream_ns, default_ns),
             Node::Text(t) => escape_into(out, t),
         }
     }
     out.extend_from_slice(b"</");
+    if xml_prefixed {
+        out.extend_from_slice(b"xml:");
+    }
     out.extend_from_slice(element.name.as_bytes());
     out.push(b'>');
 }
