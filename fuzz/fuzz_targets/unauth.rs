@@ -40,7 +40,8 @@
 //!
 //! Accounts: `cpe1`/`secret` and `acs`/`acs-secret` (plaintext; `acs` is an ACS account),
 //! `carol`/`carol-pw` (SCRAM-hashed, 4 iterations). Domain `broker.example`. Failed-login
-//! throttling is off (`failed_logins_per_account = 0`), else the fuzzer would lock the accounts.
+//! delays never start (`login_delay_*_free` at their maximum): the failure tables would otherwise
+//! carry state from one input to the next.
 
 #![no_main]
 
@@ -117,7 +118,8 @@ acs = ["acs"]
 cpe1 = "secret"
 acs = "acs-secret"
 [limits]
-failed_logins_per_account = 0
+login_delay_account_free = 4294967295
+login_delay_address_free = 4294967295
 max_pre_auth_per_ip = 1
 max_pre_auth_total = 1
 "#,
@@ -161,7 +163,7 @@ fn fixture() -> &'static Fixture {
         let ctx = Arc::new(Context::new(
             &config,
             router,
-            Arc::new(accounts),
+            Arc::new(crbroker::swap::Swap::new(Arc::new(accounts))),
             stats,
             shutdown_rx,
         ));
