@@ -397,6 +397,16 @@ fn run_cooperative(rest: &[u8]) {
         check_finished(&mut session);
         return;
     }
+    // Over-long usernames are refused before any lookup (and before the authzid check).
+    if user.len() > crbroker::auth::MAX_USERNAME_LEN {
+        assert_eq!(
+            step,
+            Step::Failure(Failure::NotAuthorized),
+            "{client_first:?}"
+        );
+        check_finished(&mut session);
+        return;
+    }
     if !authzid_ok(&authzid, &user) {
         assert_eq!(
             step,
