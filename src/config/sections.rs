@@ -1,0 +1,379 @@
+//! The sections of the configuration file, one type each, with their defaults. Every struct
+//! rejects unknown keys; [`super::Config`] holds them and validates across sections.
+
+use super::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The XMPP domain the CPEs log in to (the domain part of their JIDs).
+    pub domain: Spanned<String>,
+    /// Seconds the broker waits for sessions to close on shutdown before it exits anyway.
+    #[serde(default = "defaults::shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+    /// Runtime worker threads; 0 = one per CPU core.
+    #[serde(default)]
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    /// Create a self-signed development certificate when `cert` and `key` are missing.
+    #[serde(default)]
+    pub auto_create_dev_cert: bool,
+    /// TLS 1.3 session tickets issued per login (0 = no resumption).
+    #[serde(default)]
+    pub session_tickets: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    /// Plain TCP with mandatory STARTTLS (RFC 6120), usually port 5222.
+    Starttls,
+    /// TLS from the first byte (XEP-0368), usually port 5223.
+    DirectTls,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanismName {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-1")]
+    ScramSha1,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+    #[serde(default = "defaults::sasl_mechanisms")]
+    pub sasl_mechanisms: Vec<SaslMechanismName>,
+    #[serde(default = "defaults::tls_versions")]
+    pub tls_versions: Vec<TlsVersion>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentListenerConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The component's domain, e.g. `acs.example.net`.
+    pub domain: String,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// An accounts file (see README: one `username credential` per line).
+    #[serde(default)]
+    pub file: Option<Spanned<PathBuf>>,
+    /// Accounts given inline: username = password. Meant for development.
+    #[serde(default)]
+    pub plain: std::collections::BTreeMap<String, Secret>,
+    /// Usernames that belong to ACSs: they may address CPEs (GenieACS logs in like this).
+    #[serde(default)]
+    pub acs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest stanza (top-level element) in bytes; over it the stream gets `<policy-violation/>`.
+    #[serde(default = "defaults::max_stanza_bytes")]
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    #[serde(default = "defaults::max_depth")]
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    #[serde(default = "defaults::max_attributes")]
+    pub max_attributes: usize,
+    /// Most elements and text nodes in one stanza (a connection request has 4).
+    #[serde(default = "defaults::max_elements")]
+    pub max_elements: usize,
+    /// Largest stream header in bytes.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Seconds from TCP accept until the session is bound (TLS, SASL, bind); then the connection is closed.
+    #[serde(default = "defaults::pre_auth_timeout_secs")]
+    pub pre_auth_timeout_secs: u64,
+    /// Most stanzas queued toward one session; see README "Backpressure".
+    #[serde(default = "defaults::outbox_stanzas")]
+    pub outbox_stanzas: usize,
+    /// Most estimated bytes of those stanzas (answers to pending requests not included).
+    #[serde(default = "defaults::outbox_bytes")]
+    pub outbox_bytes: usize,
+    /// Estimated bytes of answers to pending requests one ACS connection may have queued; more
+    /// means it stopped reading, and it is closed (`<resource-constraint/>`).
+    #[serde(default = "defaults::acs_outbox_answer_bytes")]
+    pub acs_outbox_answer_bytes: usize,
+    /// Unsolicited stanzas (not answers) one CPE session may send to ACS entities at once...
+    #[serde(default = "defaults::cpe_to_acs_burst")]
+    pub cpe_to_acs_burst: u32,
+    /// ...and then per minute. More are cut: an IQ request gets `<policy-violation/>`.
+    #[serde(default = "defaults::cpe_to_acs_per_minute")]
+    pub cpe_to_acs_per_minute: u32,
+    /// Seconds a session may keep a full outbox (its peer not reading) before it is closed.
+    #[serde(default = "defaults::stuck_session_grace_secs")]
+    pub stuck_session_grace_secs: u64,
+    /// Login delays (see src/throttle.rs and the README): before its credentials are checked, an
+    /// attempt waits `login_delay_base_ms * 2^(failures - free)`, capped, where `failures` are the
+    /// recent failures of its username (`login_delay_account_*`) or of its source address
+    /// (`login_delay_address_*`), whichever gives the longer wait. No lockout.
+    #[serde(default = "defaults::login_delay_base_ms")]
+    pub login_delay_base_ms: u64,
+    /// Recent failures of one username that cost no delay.
+    #[serde(default = "defaults::login_delay_account_free")]
+    pub login_delay_account_free: u32,
+    /// Longest delay due to one username's failures, in milliseconds.
+    #[serde(default = "defaults::login_delay_account_max_ms")]
+    pub login_delay_account_max_ms: u64,
+    /// Recent failures from one source address (IPv6: one /64) that cost no delay.
+    #[serde(default = "defaults::login_delay_address_free")]
+    pub login_delay_address_free: u32,
+    /// Longest delay due to one address's failures, in milliseconds.
+    #[serde(default = "defaults::login_delay_address_max_ms")]
+    pub login_delay_address_max_ms: u64,
+    /// Seconds without a failure after which a username's or an address's failures are forgotten.
+    #[serde(default = "defaults::login_failure_window_secs")]
+    pub login_failure_window_secs: u64,
+    /// Milliseconds: a SASL failure that came from checking a client message (the only ones
+    /// whose cost depends on the kind of account) is answered no earlier than this after the
+    /// check began, so unknown users, plaintext and hashed accounts fail in the same time.
+    #[serde(default = "defaults::sasl_failure_floor_ms")]
+    pub sasl_failure_floor_ms: u64,
+    /// Failed SASL attempts allowed on one connection before it is closed (`<policy-violation/>`).
+    #[serde(default = "defaults::auth_attempts_per_connection")]
+    pub auth_attempts_per_connection: u32,
+    /// Most unauthenticated connections from one IP address at once (0 = no cap).
+    #[serde(default = "defaults::max_pre_auth_per_ip")]
+    pub max_pre_auth_per_ip: usize,
+    /// Most unauthenticated connections in all (0 = no cap).
+    #[serde(default = "defaults::max_pre_auth_total")]
+    pub max_pre_auth_total: usize,
+    /// Most connections (sessions) in all (0 = no cap).
+    #[serde(default)]
+    pub max_sessions: usize,
+    /// Seconds a connection may be silent before the kernel probes it with TCP keepalives
+    /// (0 = off). A CPE that lost power sends no FIN; this finds it.
+    #[serde(default = "defaults::tcp_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsConfig {
+    /// Milliseconds the broker waits for a CPE's answer before answering the ACS itself.
+    #[serde(default = "defaults::cr_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most requests pending for one CPE; more are answered `resource-constraint` at once.
+    #[serde(default = "defaults::max_pending_per_cpe")]
+    pub max_pending_per_cpe: usize,
+    /// Most requests pending from one ACS connection.
+    #[serde(default = "defaults::max_pending_per_acs")]
+    pub max_pending_per_acs: usize,
+}
+
+/// The operations HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "defaults::ops_enabled")]
+    pub enabled: bool,
+    /// Loopback by default: /metrics, /healthz and /readyz carry no authentication.
+    #[serde(default = "defaults::ops_address")]
+    pub address: SocketAddr,
+    /// Bearer tokens for the `/v1` API (none: the API answers 401 to everything).
+    #[serde(default)]
+    pub api_tokens: Vec<Secret>,
+    /// A file with more tokens, one per line (`#` comments), relative to the config file.
+    #[serde(default)]
+    pub api_token_file: Option<Spanned<PathBuf>>,
+    /// The API's own JID as an ACS entity (default `api.<server.domain>`): CPEs see it as the
+    /// sender of connection requests made through the API (add it to ConnReqAllowedJabberIDs).
+    #[serde(default)]
+    pub api_domain: Option<String>,
+}
+
+impl OpsConfig {
+    /// The API's domain: configured, or `api.<domain>`.
+    pub fn api_domain(&self, domain: &str) -> String {
+        self.api_domain
+            .clone()
+            .unwrap_or_else(|| format!("api.{domain}"))
+            .to_ascii_lowercase()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging; `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `info,crbroker::requests=debug`.
+    #[serde(default = "defaults::log_level")]
+    pub level: Spanned<String>,
+}
+
+mod defaults {
+    use super::{LogFormat, SaslMechanismName, TlsVersion};
+    pub fn ops_enabled() -> bool {
+        true
+    }
+    pub fn ops_address() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 5280))
+    }
+    pub fn log_format() -> LogFormat {
+        LogFormat::Text
+    }
+    pub fn log_level() -> toml::Spanned<String> {
+        toml::Spanned::new(0..0, "info,crbroker::requests=warn".into())
+    }
+    pub fn shutdown_timeout_secs() -> u64 {
+        5
+    }
+    pub fn sasl_mechanisms() -> Vec<SaslMechanismName> {
+        vec![
+            SaslMechanismName::ScramSha256,
+            SaslMechanismName::ScramSha1,
+            SaslMechanismName::Plain,
+        ]
+    }
+    pub fn tls_versions() -> Vec<TlsVersion> {
+        vec![TlsVersion::Tls12, TlsVersion::Tls13]
+    }
+    pub fn tcp_keepalive_secs() -> u64 {
+        120
+    }
+    /// See config.toml for how these two were chosen.
+    pub fn max_pre_auth_per_ip() -> usize {
+        256
+    }
+    pub fn max_pre_auth_total() -> usize {
+        20_000
+    }
+    pub fn max_stanza_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_depth() -> usize {
+        16
+    }
+    pub fn max_attributes() -> usize {
+        32
+    }
+    pub fn max_elements() -> usize {
+        256
+    }
+    pub fn max_header_bytes() -> usize {
+        2048
+    }
+    pub fn pre_auth_timeout_secs() -> u64 {
+        20
+    }
+    pub fn outbox_stanzas() -> usize {
+        64
+    }
+    pub fn outbox_bytes() -> usize {
+        128 * 1024
+    }
+    pub fn acs_outbox_answer_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    pub fn cpe_to_acs_burst() -> u32 {
+        10
+    }
+    pub fn cpe_to_acs_per_minute() -> u32 {
+        1
+    }
+    pub fn stuck_session_grace_secs() -> u64 {
+        30
+    }
+    pub fn login_delay_base_ms() -> u64 {
+        250
+    }
+    pub fn login_delay_account_free() -> u32 {
+        3
+    }
+    pub fn login_delay_account_max_ms() -> u64 {
+        2000
+    }
+    pub fn login_delay_address_free() -> u32 {
+        20
+    }
+    pub fn login_delay_address_max_ms() -> u64 {
+        8000
+    }
+    pub fn login_failure_window_secs() -> u64 {
+        300
+    }
+    pub fn sasl_failure_floor_ms() -> u64 {
+        200
+    }
+    pub fn auth_attempts_per_connection() -> u32 {
+        3
+    }
+    pub fn cr_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_pending_per_cpe() -> usize {
+        4
+    }
+    pub fn max_pending_per_acs() -> usize {
+        100_000
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("limits defaults")
+    }
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("requests defaults")
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("ops defaults")
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("log defaults")
+    }
+}
