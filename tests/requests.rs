@@ -477,26 +477,12 @@ async fn the_acs_id_reaches_the_cpe_unless_it_collides() {
         let (mut cpe, jid) = broker.cpe("cpe-0001").await;
         let mut acs_a = broker.raw_acs().await;
         let mut acs_b = broker.raw_acs().await;
-        acs_a
-            .send(&connection_request(
-                "same",
-                &jid,
-                Some(COMPONENT_DOMAIN),
-                "u",
-                "p",
-            ))
-            .await;
+        // The same id from two ACS connections, to the same CPE.
+        let request = connection_request("same", &jid, Some(COMPONENT_DOMAIN), "u", "p");
+        acs_a.send(&request).await;
         let first = receive_requests(&mut cpe, 1).await.remove(0);
         assert_eq!(first, "same", "the CPE sees the ACS's own id");
-        acs_b
-            .send(&connection_request(
-                "same",
-                &jid,
-                Some(COMPONENT_DOMAIN),
-                "u",
-                "p",
-            ))
-            .await;
+        acs_b.send(&request).await;
         let second = receive_requests(&mut cpe, 1).await.remove(0);
         assert!(
             second.starts_with("crb-") && second != "same",
@@ -513,15 +499,7 @@ async fn the_acs_id_reaches_the_cpe_unless_it_collides() {
             );
         }
         // Once the first is answered, the id is free again and reaches the CPE as it is.
-        acs_a
-            .send(&connection_request(
-                "same",
-                &jid,
-                Some(COMPONENT_DOMAIN),
-                "u",
-                "p",
-            ))
-            .await;
+        acs_a.send(&request).await;
         assert_eq!(receive_requests(&mut cpe, 1).await.remove(0), "same");
         let run = second.rsplit_once('-').unwrap().0.to_string();
         runs.push(run);

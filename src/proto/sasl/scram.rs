@@ -546,17 +546,7 @@ mod tests {
     fn no_pbkdf2_before_the_proof_and_unknown_users_look_like_plain_accounts() {
         let store = mixed_store();
         let server_first = |user: &str| {
-            let first = format!("n,,n={user},r=abc");
-            let (_, step) = SaslSession::start(
-                Mechanism::ScramSha256,
-                Some(first.as_bytes()),
-                &store,
-                &SECRET,
-            );
-            let Step::Challenge(c) = step else {
-                panic!("{step:?}")
-            };
-            let text = String::from_utf8(c).unwrap();
+            let text = challenge_for(&store, user);
             let salt = text
                 .split(",s=")
                 .nth(1)
@@ -581,6 +571,21 @@ mod tests {
             true
         )));
         assert!(store.get("alice").unwrap().scram_keys_derived());
+    }
+
+    /// The SCRAM-SHA-256 server-first message `user`'s client-first (nonce `abc`) gets.
+    fn challenge_for(store: &AccountStore, user: &str) -> String {
+        let first = format!("n,,n={user},r=abc");
+        let (_, step) = SaslSession::start(
+            Mechanism::ScramSha256,
+            Some(first.as_bytes()),
+            store,
+            &SECRET,
+        );
+        let Step::Challenge(c) = step else {
+            panic!("{step:?}")
+        };
+        String::from_utf8(c).unwrap()
     }
 
     fn mixed_store() -> AccountStore {
@@ -661,17 +666,7 @@ mod tests {
     fn unknown_user_gets_stable_plausible_parameters() {
         let store = mixed_store();
         let first = |user: &str| {
-            let msg = format!("n,,n={user},r=abc");
-            let (_, step) = SaslSession::start(
-                Mechanism::ScramSha256,
-                Some(msg.as_bytes()),
-                &store,
-                &SECRET,
-            );
-            let Step::Challenge(c) = step else {
-                panic!("{step:?}")
-            };
-            let c = String::from_utf8(c).unwrap();
+            let c = challenge_for(&store, user);
             let mut parts = c.split(',');
             let r = parts.next().unwrap().to_owned();
             (r, parts.collect::<Vec<_>>().join(","))
