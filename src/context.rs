@@ -8,7 +8,7 @@
 //! is shared by `Arc`; the accounts are swapped in place, so that sessions accepted before a
 //! reload never keep an old account store alive.
 
-use crate::auth::AccountStore;
+use crate::auth::Accounts;
 use crate::config::{Config, LimitsConfig, ListenerKind, SaslMechanismName};
 use crate::ops::metrics::Stats;
 use crate::outbox::OutboxLimits;
@@ -25,8 +25,9 @@ use tokio::sync::watch;
 pub struct Context {
     pub domain: String,
     pub router: Arc<Router>,
-    /// Swapped by a reload; a login loads it once and checks every step against that store.
-    pub accounts: Arc<Swap<AccountStore>>,
+    /// The account sources, swapped by a reload; a login loads them once and checks every step
+    /// against what they resolved.
+    pub accounts: Arc<Swap<Accounts>>,
     pub stats: Arc<Stats>,
     pub throttle: Arc<LoginThrottle>,
     pub limits: FramerLimits,
@@ -55,7 +56,7 @@ impl Context {
     pub fn new(
         config: &Config,
         router: Arc<Router>,
-        accounts: Arc<Swap<AccountStore>>,
+        accounts: Arc<Swap<Accounts>>,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
     ) -> Context {
@@ -94,7 +95,7 @@ impl Context {
     fn derive(
         config: &Config,
         router: Arc<Router>,
-        accounts: Arc<Swap<AccountStore>>,
+        accounts: Arc<Swap<Accounts>>,
         stats: Arc<Stats>,
         throttle: Arc<LoginThrottle>,
         server_secret: [u8; 32],

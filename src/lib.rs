@@ -129,7 +129,7 @@ impl Broker {
         let identity = tls::Identity::load_or_create(&config)?;
         let (stop_accepting, accepting_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
-        let accounts = Arc::new(Swap::new(Arc::new(accounts)));
+        let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::file_only(accounts))));
         let ctx = Arc::new(Context::new(
             &config,
             router.clone(),

@@ -30,7 +30,7 @@
 //! is one constant). A file that changes any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
-use crate::auth::{AccountDiff, AccountStore};
+use crate::auth::{AccountDiff, AccountStore, Accounts};
 use crate::config::{Config, ConfigError};
 use crate::context::{self, Generation, ListenerSettings};
 use crate::router::Router;
@@ -141,7 +141,7 @@ pub struct Reloader {
 
 struct Inner {
     generation: Arc<Swap<Generation>>,
-    accounts: Arc<Swap<AccountStore>>,
+    accounts: Arc<Swap<Accounts>>,
     router: Arc<Router>,
     /// What is running. Locked for a whole reload, on a blocking thread, never across an await
     /// and never from the runtime's threads (a reload of a large accounts file takes seconds).
@@ -160,7 +160,7 @@ impl Reloader {
         config: Config,
         identity: Identity,
         generation: Arc<Swap<Generation>>,
-        accounts: Arc<Swap<AccountStore>>,
+        accounts: Arc<Swap<Accounts>>,
         router: Arc<Router>,
     ) -> Reloader {
         Reloader {
@@ -290,15 +290,18 @@ impl Inner {
             self.generation
                 .store(Arc::new(Generation { ctx, listeners }));
         }
-        let accounts = Arc::new(accounts);
-        let diff = self.accounts.load().diff(&accounts);
+        let running = self.accounts.load();
+        let diff = running.file().diff(&accounts);
+        let accounts_total = accounts.len();
         let mut sessions_closed = 0;
         if diff != AccountDiff::default() {
+            // The other sources (and what they hold open) carry over; only the file store changes.
+            let accounts = Arc::new(Accounts::new(Arc::new(accounts), running.others().to_vec()));
             self.accounts.store(accounts.clone());
             if diff.removed > 0 {
                 sessions_closed = self
                     .router
-                    .close_clients(|user| accounts.get(user).is_some(), ACCOUNT_REMOVED);
+                    .close_clients(|user| accounts.may_exist(user), ACCOUNT_REMOVED);
             }
         }
         self.shutdown_timeout_secs
@@ -309,7 +312,7 @@ impl Inner {
             certificate,
             listener_settings,
             accounts: diff,
-            accounts_total: accounts.len(),
+            accounts_total,
             sessions_closed,
             component_secrets,
             limits,

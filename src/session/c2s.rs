@@ -11,7 +11,7 @@
 
 use super::ready::{self, Ending};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, SessionInfo, Transport};
-use crate::auth::{AccountStore, MAX_USERNAME_LEN};
+use crate::auth::{AccountRole, Accounts, LoginAccount, MAX_USERNAME_LEN};
 use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
@@ -302,7 +302,7 @@ async fn authenticate_and_bind<S: Transport>(
     }
     features.push_str("</mechanisms></stream:features>");
     send_str(conn, &features).await?;
-    let (username, mechanism) = sasl_exchange(conn, peer.ip(), listener, ctx).await?;
+    let (username, mechanism, role) = sasl_exchange(conn, peer.ip(), listener, ctx).await?;
 
     conn.restart_stream();
     open_stream(conn, ctx).await?;
@@ -315,7 +315,7 @@ async fn authenticate_and_bind<S: Transport>(
         mechanism: Some(mechanism),
         ..SessionInfo::new(Some(peer)).with_tls(&conn.stream)
     };
-    bind(conn, conn_id, &username, info, ctx).await
+    bind(conn, conn_id, &username, role, info, ctx).await
 }
 
 async fn sasl_exchange<S: Transport>(
@@ -323,7 +323,7 @@ async fn sasl_exchange<S: Transport>(
     ip: IpAddr,
     listener: &ListenerSettings,
     ctx: &Context,
-) -> Result<(String, Mechanism), Refused> {
+) -> Result<(String, Mechanism, Option<AccountRole>), Refused> {
     let mut failures = 0;
     loop {
         let element = next_element(conn, ctx).await?;
@@ -336,10 +336,10 @@ async fn sasl_exchange<S: Transport>(
             .attr("mechanism")
             .and_then(Mechanism::from_name)
             .filter(|m| listener.mechanisms.contains(m));
-        let step = match mechanism {
-            None => Step::Failure(sasl::Failure::InvalidMechanism),
+        let (step, role) = match mechanism {
+            None => (Step::Failure(sasl::Failure::InvalidMechanism), None),
             Some(mechanism) => match sasl::decode_payload(&element.text()) {
-                Err(failure) => Step::Failure(failure),
+                Err(failure) => (Step::Failure(failure), None),
                 Ok(initial) => sasl_attempt(conn, mechanism, initial, ip, ctx).await?,
             },
         };
@@ -361,7 +361,7 @@ async fn sasl_exchange<S: Transport>(
                 let Some(mechanism) = mechanism else {
                     return Err(Refused);
                 };
-                return Ok((username, mechanism));
+                return Ok((username, mechanism, role));
             }
             Step::Failure(failure) => {
                 Stats::bump(&ctx.stats.logins_failed);
@@ -388,24 +388,40 @@ async fn sasl_exchange<S: Transport>(
 
 /// One SASL exchange, `<auth>` to success or failure (never a challenge). The login delay
 /// (src/throttle.rs) runs as soon as the username is known, before the credentials are looked
-/// at; the outcome is counted against the username and the address.
+/// at; the outcome is counted against the username and the address. Returns the step and the
+/// role the account's source stores, if any.
 async fn sasl_attempt<S: Transport>(
     conn: &mut TlsConn<S>,
     mechanism: Mechanism,
     initial: Option<Vec<u8>>,
     ip: IpAddr,
     ctx: &Context,
-) -> Result<Step, Refused> {
+) -> Result<(Step, Option<AccountRole>), Refused> {
     // Timed from <auth> to the verdict, login delay and failure floor included.
     let login_started = Instant::now();
-    // One account store for the whole exchange, even if a reload swaps it meanwhile: the SCRAM
-    // parameters shown in the challenge and the proof's check must come from the same store.
+    // One chain of account sources for the whole exchange, even if a reload swaps it meanwhile,
+    // and the account resolved once: the SCRAM parameters shown in the challenge and the proof's
+    // check must come from the same account.
     let accounts = ctx.accounts.load();
     // Started without the initial response, so that the delay can run before it is checked.
-    let (mut session, _) = SaslSession::start(mechanism, None, &accounts, &ctx.server_secret);
+    let (mut session, _) = SaslSession::start(
+        mechanism,
+        None,
+        accounts.file().as_ref(),
+        &ctx.server_secret,
+    );
     let mut wait = None;
+    let mut login = None;
     let mut step = match initial.filter(|data| !data.is_empty()) {
-        Some(data) => delayed_step(&mut session, &accounts, &data, ip, &mut wait, ctx).await,
+        Some(data) => {
+            let mut attempt = Attempt {
+                session: &mut session,
+                accounts: &accounts,
+                login: &mut login,
+                wait: &mut wait,
+            };
+            attempt.step(&data, ip, ctx).await
+        }
         None => Step::Challenge(Vec::new()),
     };
     while let Step::Challenge(challenge) = &step {
@@ -419,7 +435,13 @@ async fn sasl_attempt<S: Transport>(
             match sasl::decode_payload(&reply.text()) {
                 Ok(data) => {
                     let data = data.unwrap_or_default();
-                    delayed_step(&mut session, &accounts, &data, ip, &mut wait, ctx).await
+                    let mut attempt = Attempt {
+                        session: &mut session,
+                        accounts: &accounts,
+                        login: &mut login,
+                        wait: &mut wait,
+                    };
+                    attempt.step(&data, ip, ctx).await
                 }
                 Err(failure) => Step::Failure(failure),
             }
@@ -453,51 +475,72 @@ async fn sasl_attempt<S: Transport>(
             Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
         });
     }
-    Ok(step)
+    let role = login.as_ref().and_then(LoginAccount::role);
+    Ok((step, role))
 }
 
-/// Feed `data` to the session; if it names a username, first wait out the login delay. A failure
-/// is returned no earlier than `sasl_failure_floor` after the check began (a timer), so how long
-/// the check took (PBKDF2 for one kind of account, a hash for another) does not show.
-async fn delayed_step(
-    session: &mut SaslSession,
-    accounts: &AccountStore,
-    data: &[u8],
-    ip: IpAddr,
-    wait: &mut Option<Wait>,
-    ctx: &Context,
-) -> Step {
-    if let Some(username) = session.username_in(data) {
-        if username.len() > MAX_USERNAME_LEN {
-            // The step refuses it without a lookup; no throttle work for it either.
-            Stats::bump(&ctx.stats.logins_username_too_long);
-        } else {
-            let w = ctx.throttle.wait(&username, ip, Instant::now());
-            if !w.delay.is_zero() {
-                Stats::bump(&ctx.stats.logins_delayed);
-                let ms = u64::try_from(w.delay.as_millis()).unwrap_or(u64::MAX);
-                ctx.stats
-                    .login_delay_ms_total
-                    .fetch_add(ms, Ordering::Relaxed);
-                tokio::time::sleep(w.delay).await;
+/// The state of one SASL exchange that a step reads and updates.
+struct Attempt<'a> {
+    session: &'a mut SaslSession,
+    accounts: &'a Arc<Accounts>,
+    /// The account the exchange resolved, once the client named its username.
+    login: &'a mut Option<LoginAccount>,
+    /// The login delay applied, to count the outcome against.
+    wait: &'a mut Option<Wait>,
+}
+
+impl Attempt<'_> {
+    /// Feed `data` to the session. If it names a username, first wait out the login delay, then
+    /// ask the account sources for it (no source is asked before the delay). A failure is
+    /// returned no earlier than `sasl_failure_floor` after the check began (a timer), so how long
+    /// the check took (PBKDF2 for one kind of account, a hash for another) does not show.
+    async fn step(&mut self, data: &[u8], ip: IpAddr, ctx: &Context) -> Step {
+        if let Some(username) = self.session.username_in(data) {
+            if username.len() > MAX_USERNAME_LEN {
+                // The step refuses it without a lookup; no throttle work for it either.
+                Stats::bump(&ctx.stats.logins_username_too_long);
+            } else {
+                let w = ctx.throttle.wait(&username, ip, Instant::now());
+                if !w.delay.is_zero() {
+                    Stats::bump(&ctx.stats.logins_delayed);
+                    let ms = u64::try_from(w.delay.as_millis()).unwrap_or(u64::MAX);
+                    ctx.stats
+                        .login_delay_ms_total
+                        .fetch_add(ms, Ordering::Relaxed);
+                    tokio::time::sleep(w.delay).await;
+                }
+                *self.wait = Some(w);
+                let normalized = username.to_ascii_lowercase();
+                let login = self.accounts.resolve(&normalized).await;
+                if login.unavailable() {
+                    // No source could say whether the account exists: not the client's fault,
+                    // and not a failure to count against the username.
+                    *self.wait = None;
+                    self.session.abort();
+                    return Step::Failure(sasl::Failure::TemporaryAuthFailure);
+                }
+                *self.login = Some(login);
             }
-            *wait = Some(w);
         }
+        let began = tokio::time::Instant::now();
+        let step = match self.login.as_ref() {
+            Some(login) => self.session.step(data, login),
+            None => self.session.step(data, self.accounts.file().as_ref()),
+        };
+        let answer_at = began + ctx.sasl_failure_floor;
+        // Only when still ahead: a timer whose deadline has passed still waits for the next tick.
+        if matches!(step, Step::Failure(_)) && tokio::time::Instant::now() < answer_at {
+            tokio::time::sleep_until(answer_at).await;
+        }
+        step
     }
-    let began = tokio::time::Instant::now();
-    let step = session.step(data, accounts);
-    let answer_at = began + ctx.sasl_failure_floor;
-    // Only when still ahead: a timer whose deadline has passed still waits for the next tick.
-    if matches!(step, Step::Failure(_)) && tokio::time::Instant::now() < answer_at {
-        tokio::time::sleep_until(answer_at).await;
-    }
-    step
 }
 
 async fn bind<S: Transport>(
     conn: &mut TlsConn<S>,
     conn_id: u64,
     username: &str,
+    stored_role: Option<AccountRole>,
     info: SessionInfo,
     ctx: &Context,
 ) -> Result<Arc<SessionHandle>, Refused> {
@@ -538,10 +581,13 @@ async fn bind<S: Transport>(
         };
         let full = jid.normalized();
         let bare = jid.bare().into_owned();
-        let role = if ctx.router.is_acs_account(&bare) {
-            Role::AcsAccount
-        } else {
-            Role::Cpe
+        // The role the account's source stores wins; without one, the configuration's
+        // `accounts.acs` list decides.
+        let role = match stored_role {
+            Some(AccountRole::Acs) => Role::AcsAccount,
+            Some(AccountRole::Cpe) => Role::Cpe,
+            None if ctx.router.is_acs_account(&bare) => Role::AcsAccount,
+            None => Role::Cpe,
         };
         let handle = Arc::new(SessionHandle {
             conn_id,
@@ -572,7 +618,7 @@ async fn bind<S: Transport>(
         // A reload may have removed the account after its login began. The reload closes the
         // sessions of removed accounts that are bound when it swaps the store; a session bound
         // after that swap sees the new store here and closes itself the same way.
-        if ctx.accounts.load().get(username).is_none() {
+        if !ctx.accounts.load().may_exist(username) {
             handle.outbox.close(crate::reload::ACCOUNT_REMOVED);
         }
         tracing::debug!(conn = conn_id, jid = %full, role = ?role, "session bound");

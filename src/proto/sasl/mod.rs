@@ -16,7 +16,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 
 use crate::auth::crypto::{Sha1Scram, Sha256Scram};
-use crate::auth::AccountStore;
+use crate::auth::Credentials;
 
 /// Base64 used for SASL payloads: standard alphabet, padding optional.
 const B64: GeneralPurpose = GeneralPurpose::new(
@@ -220,7 +220,7 @@ impl SaslSession {
     pub fn start(
         mech: Mechanism,
         initial: Option<&[u8]>,
-        accounts: &AccountStore,
+        accounts: &dyn Credentials,
         server_secret: &[u8; 32],
     ) -> (SaslSession, Step) {
         Self::start_inner(mech, initial, accounts, server_secret, None)
@@ -230,7 +230,7 @@ impl SaslSession {
     fn start_inner(
         mech: Mechanism,
         initial: Option<&[u8]>,
-        accounts: &AccountStore,
+        accounts: &dyn Credentials,
         server_secret: &[u8; 32],
         nonce_override: Option<&str>,
     ) -> (SaslSession, Step) {
@@ -256,7 +256,7 @@ impl SaslSession {
     /// Process the decoded bytes of a `<response>` element.
     /// After a `Success` or `Failure` further calls return
     /// `Failure(MalformedRequest)`.
-    pub fn step(&mut self, response: &[u8], accounts: &AccountStore) -> Step {
+    pub fn step(&mut self, response: &[u8], accounts: &dyn Credentials) -> Step {
         let state = std::mem::replace(&mut self.state, State::Done);
         let step = match state {
             State::AwaitPlain => {
@@ -290,7 +290,7 @@ impl SaslSession {
     fn scram_first(
         &mut self,
         msg: &[u8],
-        accounts: &AccountStore,
+        accounts: &dyn Credentials,
         server_secret: &[u8; 32],
         nonce_override: Option<&str>,
     ) -> Step {
@@ -364,6 +364,7 @@ impl SaslSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AccountStore;
 
     #[test]
     fn mechanism_names_round_trip() {

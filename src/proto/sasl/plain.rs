@@ -1,7 +1,7 @@
 //! SASL PLAIN (RFC 4616), server side: `[authzid] NUL authcid NUL passwd`.
 
 use super::{authzid_allowed, Failure, Step};
-use crate::auth::{verify_plain, AccountStore, MAX_USERNAME_LEN};
+use crate::auth::{verify_plain, Credentials, MAX_USERNAME_LEN};
 
 /// Longest PLAIN message accepted (authzid + authcid + password + 2 NULs).
 const MAX_MESSAGE_LEN: usize = 8 * 1024;
@@ -38,7 +38,7 @@ pub(super) fn username(msg: &[u8]) -> Option<&str> {
 /// Verify one PLAIN message. Returns the attempted (lowercased) username
 /// when the message was well-formed enough to contain one, and the step.
 /// A username longer than [`MAX_USERNAME_LEN`] is refused before any lookup.
-pub(super) fn authenticate(msg: &[u8], accounts: &AccountStore) -> (Option<Box<str>>, Step) {
+pub(super) fn authenticate(msg: &[u8], accounts: &dyn Credentials) -> (Option<Box<str>>, Step) {
     let (authzid, authcid, password) = match parse(msg) {
         Ok(parts) => parts,
         Err(f) => return (None, Step::Failure(f)),
@@ -74,7 +74,7 @@ pub(super) fn authenticate(msg: &[u8], accounts: &AccountStore) -> (Option<Box<s
 mod tests {
     use super::super::{Mechanism, SaslSession};
     use super::*;
-    use crate::auth::hash_line;
+    use crate::auth::{hash_line, AccountStore};
 
     const SECRET: [u8; 32] = [3u8; 32];
 

@@ -14,7 +14,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::{authzid_allowed, Failure, Step, B64};
 use crate::auth::crypto::{self, ScramHash};
-use crate::auth::{AccountStore, KeyPair, ScramParams, MAX_USERNAME_LEN};
+use crate::auth::{Credentials, KeyPair, ScramParams, MAX_USERNAME_LEN};
 
 /// Longest client-first / client-final message accepted.
 const MAX_MESSAGE_LEN: usize = 4096;
@@ -164,7 +164,7 @@ pub(super) fn username(msg: &[u8]) -> Option<String> {
 /// [`MAX_USERNAME_LEN`] is refused before any lookup.
 pub(super) fn client_first<H: ScramHash>(
     msg: &[u8],
-    accounts: &AccountStore,
+    accounts: &dyn Credentials,
     server_secret: &[u8; 32],
     nonce_override: Option<&str>,
 ) -> Result<(ServerState<H>, Vec<u8>), Failure> {
@@ -246,7 +246,10 @@ fn fake_keys<H: ScramHash>(server_secret: &[u8; 32], name: &str) -> KeyPair<H::K
 
 /// The keys to check the proof with: the account's (for a `plain:` account derived now, on its
 /// first SCRAM login, then cached), or an unknown user's fake ones.
-fn keys_for<H: ScramHash>(st: &ServerState<H>, accounts: &AccountStore) -> (KeyPair<H::Key>, bool) {
+fn keys_for<H: ScramHash>(
+    st: &ServerState<H>,
+    accounts: &dyn Credentials,
+) -> (KeyPair<H::Key>, bool) {
     match accounts.lookup(&st.username).filter(|_| st.known) {
         Some((_, account)) => (account.scram_keys::<H>(&st.params), true),
         None => (fake_keys::<H>(&st.server_secret, &st.username), false),
@@ -258,7 +261,7 @@ fn keys_for<H: ScramHash>(st: &ServerState<H>, accounts: &AccountStore) -> (KeyP
 pub(super) fn client_final<H: ScramHash>(
     st: &ServerState<H>,
     msg: &[u8],
-    accounts: &AccountStore,
+    accounts: &dyn Credentials,
 ) -> Step {
     match verify_final(st, msg, accounts) {
         Ok(step) => step,
@@ -269,7 +272,7 @@ pub(super) fn client_final<H: ScramHash>(
 fn verify_final<H: ScramHash>(
     st: &ServerState<H>,
     msg: &[u8],
-    accounts: &AccountStore,
+    accounts: &dyn Credentials,
 ) -> Result<Step, Failure> {
     if msg.len() > MAX_MESSAGE_LEN {
         return malformed("client-final too long");
@@ -348,6 +351,7 @@ mod tests {
     use super::super::{Mechanism, SaslSession};
     use super::*;
     use crate::auth::crypto::{Sha1Scram, Sha256Scram};
+    use crate::auth::AccountStore;
     use crate::auth::{hash_line, scram_credential};
 
     const SECRET: [u8; 32] = [42u8; 32];
