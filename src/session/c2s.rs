@@ -404,24 +404,20 @@ async fn sasl_attempt<S: Transport>(
     // check must come from the same account.
     let accounts = ctx.accounts.load();
     // Started without the initial response, so that the delay can run before it is checked.
-    let (mut session, _) = SaslSession::start(
+    let (session, _) = SaslSession::start(
         mechanism,
         None,
         accounts.file().as_ref(),
         &ctx.server_secret,
     );
-    let mut wait = None;
-    let mut login = None;
+    let mut attempt = Attempt {
+        session,
+        accounts,
+        login: None,
+        wait: None,
+    };
     let mut step = match initial.filter(|data| !data.is_empty()) {
-        Some(data) => {
-            let mut attempt = Attempt {
-                session: &mut session,
-                accounts: &accounts,
-                login: &mut login,
-                wait: &mut wait,
-            };
-            attempt.step(&data, ip, ctx).await
-        }
+        Some(data) => attempt.step(&data, ip, ctx).await,
         None => Step::Challenge(Vec::new()),
     };
     while let Step::Challenge(challenge) = &step {
@@ -433,29 +429,20 @@ async fn sasl_attempt<S: Transport>(
         let reply = next_element(conn, ctx).await?;
         step = if reply.is("response", ns::SASL) {
             match sasl::decode_payload(&reply.text()) {
-                Ok(data) => {
-                    let data = data.unwrap_or_default();
-                    let mut attempt = Attempt {
-                        session: &mut session,
-                        accounts: &accounts,
-                        login: &mut login,
-                        wait: &mut wait,
-                    };
-                    attempt.step(&data, ip, ctx).await
-                }
+                Ok(data) => attempt.step(&data.unwrap_or_default(), ip, ctx).await,
                 Err(failure) => Step::Failure(failure),
             }
         } else if reply.is("abort", ns::SASL) {
-            session.abort()
+            attempt.session.abort()
         } else {
             conn.send_stream_error(&ctx.domain, "not-authorized", None)
                 .await;
             return Err(Refused);
         };
     }
-    match (&step, &wait) {
+    match (&step, &attempt.wait) {
         (Step::Success { .. }, Some(wait)) => ctx.throttle.record_success(wait),
-        (Step::Failure(_), Some(wait)) if session.attempted_username().is_some() => {
+        (Step::Failure(_), Some(wait)) if attempt.session.attempted_username().is_some() => {
             let dropped = ctx.throttle.record_failure(wait, Instant::now());
             ctx.stats
                 .login_failure_generations_dropped
@@ -475,21 +462,22 @@ async fn sasl_attempt<S: Transport>(
             Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
         });
     }
-    let role = login.as_ref().and_then(LoginAccount::role);
+    let role = attempt.login.as_ref().and_then(LoginAccount::role);
     Ok((step, role))
 }
 
 /// The state of one SASL exchange that a step reads and updates.
-struct Attempt<'a> {
-    session: &'a mut SaslSession,
-    accounts: &'a Arc<Accounts>,
+struct Attempt {
+    session: SaslSession,
+    /// The account sources as they were when the exchange began.
+    accounts: Arc<Accounts>,
     /// The account the exchange resolved, once the client named its username.
-    login: &'a mut Option<LoginAccount>,
+    login: Option<LoginAccount>,
     /// The login delay applied, to count the outcome against.
-    wait: &'a mut Option<Wait>,
+    wait: Option<Wait>,
 }
 
-impl Attempt<'_> {
+impl Attempt {
     /// Feed `data` to the session. If it names a username, first wait out the login delay, then
     /// ask the account sources for it (no source is asked before the delay). A failure is
     /// returned no earlier than `sasl_failure_floor` after the check began (a timer), so how long
@@ -509,17 +497,17 @@ impl Attempt<'_> {
                         .fetch_add(ms, Ordering::Relaxed);
                     tokio::time::sleep(w.delay).await;
                 }
-                *self.wait = Some(w);
+                self.wait = Some(w);
                 let normalized = username.to_ascii_lowercase();
                 let login = self.accounts.resolve(&normalized).await;
                 if login.unavailable() {
                     // No source could say whether the account exists: not the client's fault,
                     // and not a failure to count against the username.
-                    *self.wait = None;
+                    self.wait = None;
                     self.session.abort();
                     return Step::Failure(sasl::Failure::TemporaryAuthFailure);
                 }
-                *self.login = Some(login);
+                self.login = Some(login);
             }
         }
         let began = tokio::time::Instant::now();
