@@ -475,3 +475,34 @@ async fn a_reloaded_crl_revokes_new_logins() {
     external_login(addr, &devices.cpe1).await;
     broker.shutdown().await;
 }
+
+/// A device the CA alone vouches for has no account to lose: a reload that removes accounts
+/// closes their sessions, not its.
+#[tokio::test]
+async fn a_reload_removing_accounts_keeps_sessions_the_ca_vouches_for() {
+    let devices = devices();
+    let dir = devices.dir.join("trusted-reload");
+    std::fs::create_dir_all(&dir).unwrap();
+    let trust = "[accounts.certificate]\ntrust_ca = true\nusername_prefixes = [\"stranger-\"]\n";
+    let text = config_with(&devices.crl_path, trust);
+    let config = dir.join("crbroker.toml");
+    std::fs::write(&config, &text).unwrap();
+    let broker = TestBroker::start_file(&config).await;
+    let addr = broker.addr(OPTIONAL_DIRECT);
+    let mut stranger = external_login(addr, &devices.stranger).await;
+    let stranger_jid = stranger.bind(Some("cwmp")).await;
+    let mut cpe1 = external_login(addr, &devices.cpe1).await;
+    cpe1.bind(Some("cwmp")).await;
+
+    let removed = text.replace("cpe-0001 = \"pw-cpe-0001\"\n", "");
+    assert_ne!(removed, text);
+    std::fs::write(&config, removed).unwrap();
+    let report = broker.broker.as_ref().unwrap().reload().await;
+    let changes = report.outcome.expect("reload applies");
+    assert_eq!(changes.sessions_closed, 1, "{changes}");
+    cpe1.expect_stream_error("not-authorized").await;
+    let mut acs = broker.raw_acs().await;
+    let answer = request_answered(&mut acs, &mut stranger, "cr-kept", &stranger_jid).await;
+    assert_eq!(answer.attr("type"), Some("result"));
+    broker.shutdown().await;
+}
