@@ -56,6 +56,11 @@ impl Ca {
 
     /// A device certificate with these id-on-xmppAddr names and serial number.
     fn device(&self, jids: &[&str], serial: u64) -> Device {
+        self.device_named(jids, &format!("device {serial}"), serial)
+    }
+
+    /// A device certificate with these id-on-xmppAddr names, subject CN and serial number.
+    fn device_named(&self, jids: &[&str], cn: &str, serial: u64) -> Device {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = jids
@@ -64,9 +69,7 @@ impl Ca {
             .collect();
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("device {serial}"));
+        params.distinguished_name.push(DnType::CommonName, cn);
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         Device {
             chain: vec![cert.der().clone()],
@@ -119,6 +122,8 @@ struct Devices {
     cpe5: Device,
     /// cpe-0006 from a CA the broker does not trust.
     foreign: Device,
+    /// No id-on-xmppAddr; subject CN cpe-0007.
+    cn_only: Device,
 }
 
 const REVOKED_SERIAL: u64 = 4004;
@@ -145,6 +150,7 @@ fn devices() -> &'static Devices {
             revoked: ca.device(&[&format!("cpe-0004@{DOMAIN}")], REVOKED_SERIAL),
             cpe5: ca.device(&[&format!("cpe-0005@{DOMAIN}")], CPE5_SERIAL),
             foreign: foreign_ca.device(&[&format!("cpe-0006@{DOMAIN}")], 6006),
+            cn_only: ca.device_named(&[], "cpe-0007", 7007),
             dir,
             ca,
             ca_path,
@@ -504,5 +510,51 @@ async fn a_reload_removing_accounts_keeps_sessions_the_ca_vouches_for() {
     let mut acs = broker.raw_acs().await;
     let answer = request_answered(&mut acs, &mut stranger, "cr-kept", &stranger_jid).await;
     assert_eq!(answer.attr("type"), Some("result"));
+    broker.shutdown().await;
+}
+
+/// Without an id-on-xmppAddr the configured rule names the account: by default nobody, with
+/// `identity = "cn"` the subject's commonName.
+#[tokio::test]
+async fn the_configured_rule_names_the_account_without_an_xmpp_addr() {
+    let broker = start("").await;
+    let mut cpe = direct(broker.addr(OPTIONAL_DIRECT), Some(&devices().cn_only)).await;
+    mechanisms(&mut cpe).await;
+    assert_eq!(
+        auth_external(&mut cpe, "=").await,
+        ("failure".to_string(), Some("not-authorized".to_string()))
+    );
+    broker.shutdown().await;
+
+    let broker = start("[accounts.certificate]\nidentity = \"cn\"\n").await;
+    let mut cpe = external_login(broker.addr(OPTIONAL_DIRECT), &devices().cn_only).await;
+    assert_eq!(
+        cpe.bind(Some("cwmp")).await,
+        format!("cpe-0007@{DOMAIN}/cwmp")
+    );
+    broker.shutdown().await;
+}
+
+/// EXTERNAL failures count toward the login delay of the certificate's username, like password
+/// failures: after the free ones, the next attempt waits.
+#[tokio::test]
+async fn failed_external_logins_are_delayed_like_password_ones() {
+    let broker = start("").await;
+    let free = TestOptions::default().login_delay_account_free;
+    let mut failures = 0;
+    while failures <= free {
+        let mut stranger = direct(broker.addr(OPTIONAL_DIRECT), Some(&devices().stranger)).await;
+        mechanisms(&mut stranger).await;
+        for _ in 0..2 {
+            let (_, condition) = auth_external(&mut stranger, "=").await;
+            assert_eq!(condition.as_deref(), Some("not-authorized"));
+            failures += 1;
+        }
+    }
+    assert!(
+        broker.stat("logins_delayed") >= 1,
+        "no delay after {failures} failures"
+    );
+    assert_eq!(broker.stat("auth_external"), 0);
     broker.shutdown().await;
 }
