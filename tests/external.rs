@@ -469,6 +469,17 @@ async fn a_reloaded_crl_revokes_new_logins() {
     let addr = broker.addr(OPTIONAL_DIRECT);
     let _cpe = external_login(addr, &devices.cpe5).await;
 
+    // CRL files that do not parse (no PEM block; a PEM block that is no CRL): the reload is
+    // refused, naming the file, and nothing changes.
+    let not_a_crl = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    for bad in ["not a CRL\n", not_a_crl] {
+        std::fs::write(&crl, bad).unwrap();
+        let report = broker.broker.as_ref().unwrap().reload().await;
+        let refused = report.outcome.expect_err("a bad CRL file is refused");
+        assert!(refused.to_string().contains("crl.pem"), "{refused}");
+        external_login(addr, &devices.cpe5).await;
+    }
+
     std::fs::write(&crl, devices.ca.crl(2, &[REVOKED_SERIAL, CPE5_SERIAL])).unwrap();
     let report = broker.broker.as_ref().unwrap().reload().await;
     let changes = report.outcome.expect("reload applies");

@@ -47,20 +47,27 @@ impl ClientTrust {
         if roots.is_empty() {
             return Err(file_error(&ca_path, "no CA certificate in file".into()));
         }
-        let mut crls = Vec::new();
-        for crl_file in &listener.crl_files {
-            let path = config.resolve(crl_file.get_ref());
-            crls.extend(read_crls(&path)?);
-        }
-        let trust = ClientTrust {
+        let mut trust = ClientTrust {
             required,
             roots,
-            crls,
+            crls: Vec::new(),
         };
-        // Built once here so that a bad CA or CRL is reported with its file, at start and reload.
+        // Built here, first with the CAs alone, then with each CRL file, so that a bad file is
+        // reported by name (at start and at reload) rather than at the first handshake.
         trust
             .verifier()
-            .map_err(|e| file_error(&ca_path, format!("CA certificates or CRLs refused: {e}")))?;
+            .map_err(|e| file_error(&ca_path, format!("refused: {e}")))?;
+        for crl_file in &listener.crl_files {
+            let path = config.resolve(crl_file.get_ref());
+            let checked = ClientTrust {
+                crls: read_crls(&path)?,
+                ..trust.clone()
+            };
+            checked
+                .verifier()
+                .map_err(|e| file_error(&path, format!("refused: {e}")))?;
+            trust.crls.extend(checked.crls);
+        }
         Ok(Some(trust))
     }
 
