@@ -296,20 +296,8 @@ async fn authenticate_and_bind<S: Transport>(
     ctx: &Context,
 ) -> Result<Arc<SessionHandle>, Refused> {
     open_stream(conn, ctx).await?;
-    // A client certificate rustls verified (the listener asked for one): the usernames it names,
-    // read once, here. EXTERNAL is offered, first, to such a client only (XEP-0178).
-    let certificate_names = conn
-        .stream
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| {
-            ctx.certificates
-                .identities(leaf, &ctx.domain)
-                .unwrap_or_else(|error| {
-                    tracing::debug!("{error}");
-                    Vec::new()
-                })
-        });
+    // EXTERNAL is offered, first, only to a client with a verified certificate (XEP-0178).
+    let certificate_names = external::certificate_names(&conn.stream, ctx);
     let mut features =
         String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
     let external = certificate_names.is_some().then_some(&Mechanism::External);

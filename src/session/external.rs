@@ -10,9 +10,27 @@ use crate::auth::AccountRole;
 use crate::context::Context;
 use crate::proto::sasl::{self, external, Failure, Mechanism, Step};
 use crate::throttle::Wait;
+use crate::tls::TlsStream;
 use crate::xml::ns;
 use std::net::IpAddr;
 use std::time::Instant;
+
+/// The usernames the client certificate rustls verified names (read once, during negotiation);
+/// `None` without a verified certificate (the listener asked for none, or the client sent none).
+pub(super) fn certificate_names<S: Transport>(
+    tls: &TlsStream<S>,
+    ctx: &Context,
+) -> Option<Vec<Box<str>>> {
+    let leaf = tls.peer_certificates()?.first()?;
+    Some(
+        ctx.certificates
+            .identities(leaf, &ctx.domain)
+            .unwrap_or_else(|error| {
+                tracing::debug!("{error}");
+                Vec::new()
+            }),
+    )
+}
 
 /// One EXTERNAL exchange, `<auth>` to success or failure. `initial` is the decoded initial
 /// response (the authzid); `names` the usernames the certificate names.
