@@ -8,7 +8,7 @@
 //! is shared by `Arc`; the accounts are swapped in place, so that sessions accepted before a
 //! reload never keep an old account store alive.
 
-use crate::auth::Accounts;
+use crate::auth::{Accounts, CertificatePolicy};
 use crate::config::{Config, LimitsConfig, ListenerKind, SaslMechanismName};
 use crate::ops::metrics::Stats;
 use crate::outbox::OutboxLimits;
@@ -45,6 +45,8 @@ pub struct Context {
     pub cpe_to_acs: Rate,
     /// Least time from the start of a credential check to its failure answer.
     pub sasl_failure_floor: Duration,
+    /// `[accounts.certificate]`: the usernames device certificates name (SASL EXTERNAL).
+    pub certificates: CertificatePolicy,
     /// Per-process secret for SCRAM fake salts of unknown users.
     pub server_secret: [u8; 32],
     /// Component domain -> secret.
@@ -128,6 +130,7 @@ impl Context {
             acs_outbox_limits: acs_outbox_limits(limits),
             cpe_to_acs: Rate::new(limits.cpe_to_acs_burst, limits.cpe_to_acs_per_minute),
             sasl_failure_floor: Duration::from_millis(limits.sasl_failure_floor_ms),
+            certificates: CertificatePolicy::from_config(&config.accounts.certificate),
             server_secret,
             component_secrets: config
                 .components

@@ -140,7 +140,9 @@ impl Broker {
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut bound = Vec::with_capacity(config.listeners.len());
+        let mut client_trust = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
+            let trust = tls::ClientTrust::load(&config, listener_config)?;
             let tcp = bind(listener_config.address).await?;
             let address = tcp.local_addr().map_err(|source| StartError::Bind {
                 address: listener_config.address,
@@ -154,9 +156,13 @@ impl Broker {
                     .copied()
                     .map(context::mechanism)
                     .collect(),
-                tls: identity
-                    .server_config(&listener_config.tls_versions, config.tls.session_tickets)?,
+                tls: identity.server_config(
+                    &listener_config.tls_versions,
+                    config.tls.session_tickets,
+                    trust.as_ref(),
+                )?,
             }));
+            client_trust.push(trust);
             bound.push((tcp, listener_config.kind, address));
         }
         let component_tcp = match &config.component_listener {
@@ -204,7 +210,14 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "crbroker started"
         );
-        let reloader = Reloader::new(config, identity, generation, accounts, router.clone());
+        let reloader = Reloader::new(
+            config,
+            identity,
+            client_trust,
+            generation,
+            accounts,
+            router.clone(),
+        );
         if let Some((_, api, _)) = &ops {
             let _ = api.reloader.set(reloader.clone());
         }

@@ -7,7 +7,8 @@
 //! whole, and the report says why (file, line and key, as at start).
 //!
 //! What a reload changes:
-//! - certificate and key, TLS versions, session tickets, SASL mechanisms: a new
+//! - certificate and key, TLS versions, session tickets, SASL mechanisms, client CA and CRL
+//!   files (read again at every reload: a new CRL revokes devices for new logins): a new
 //!   [`Generation`] whose listener settings new connections get; established sessions keep the
 //!   TLS session they have.
 //! - accounts: the store is swapped; sessions of removed accounts are closed with
@@ -15,6 +16,7 @@
 //!   CPE that goes away); a changed password leaves the live session alone (the next login
 //!   needs the new one).
 //! - component secrets: new handshakes use them; attached components stay.
+//! - `[accounts.certificate]` (SASL EXTERNAL identity rule, trust_ca): new logins use it.
 //! - the limits that are read when a connection starts (the stanza and stream limits,
 //!   `pre_auth_timeout_secs`, the outbox bounds, the CPE-to-ACS rate, `stuck_session_grace_secs`,
 //!   `sasl_failure_floor_ms`, `auth_attempts_per_connection`: see `changed_limits`) and
@@ -35,7 +37,7 @@ use crate::config::{Config, ConfigError};
 use crate::context::{self, Generation, ListenerSettings};
 use crate::router::Router;
 use crate::swap::Swap;
-use crate::tls::{Identity, TlsError};
+use crate::tls::{ClientTrust, Identity, TlsError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,7 +69,7 @@ pub enum ReloadError {
 pub struct ReloadChanges {
     /// The certificate chain or the key differ: new handshakes use the new ones.
     pub certificate: bool,
-    /// TLS versions, session tickets or SASL mechanisms of a listener differ.
+    /// TLS versions, session tickets, SASL mechanisms or client CA/CRLs of a listener differ.
     pub listener_settings: bool,
     pub accounts: AccountDiff,
     /// Accounts after the reload.
@@ -76,7 +78,8 @@ pub struct ReloadChanges {
     pub sessions_closed: usize,
     /// Component domains whose secret changed.
     pub component_secrets: usize,
-    /// Keys (`limits.*`, `server.shutdown_timeout_secs`) whose value changed.
+    /// Keys (`limits.*`, `server.shutdown_timeout_secs`, `accounts.certificate`) whose value
+    /// changed.
     pub limits: Vec<String>,
 }
 
@@ -153,12 +156,15 @@ struct Inner {
 struct Applied {
     config: Config,
     identity: Identity,
+    /// Each listener's client CA certificates and CRLs as last read (None: no client certs).
+    client_trust: Vec<Option<ClientTrust>>,
 }
 
 impl Reloader {
     pub(crate) fn new(
         config: Config,
         identity: Identity,
+        client_trust: Vec<Option<ClientTrust>>,
         generation: Arc<Swap<Generation>>,
         accounts: Arc<Swap<Accounts>>,
         router: Arc<Router>,
@@ -169,7 +175,11 @@ impl Reloader {
                 accounts,
                 router,
                 shutdown_timeout_secs: AtomicU64::new(config.server.shutdown_timeout_secs),
-                applied: Mutex::new(Applied { config, identity }),
+                applied: Mutex::new(Applied {
+                    config,
+                    identity,
+                    client_trust,
+                }),
             }),
         }
     }
@@ -244,12 +254,21 @@ impl Inner {
         let tls_changed = certificate || old.tls.session_tickets != config.tls.session_tickets;
         let mut listener_settings = tls_changed;
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut client_trust = Vec::with_capacity(config.listeners.len());
         for (i, (was, now)) in old.listeners.iter().zip(&config.listeners).enumerate() {
+            // Read again every time: a new CRL in an unchanged file name is how a device is
+            // revoked.
+            let trust = ClientTrust::load(&config, now)?;
+            let trust_changed = applied.client_trust.get(i) != Some(&trust);
             let versions_changed = was.tls_versions != now.tls_versions;
             let mechanisms_changed = was.sasl_mechanisms != now.sasl_mechanisms;
-            listener_settings |= versions_changed || mechanisms_changed;
-            let tls = if tls_changed || versions_changed {
-                identity.server_config(&now.tls_versions, config.tls.session_tickets)?
+            listener_settings |= versions_changed || mechanisms_changed || trust_changed;
+            let tls = if tls_changed || versions_changed || trust_changed {
+                identity.server_config(
+                    &now.tls_versions,
+                    config.tls.session_tickets,
+                    trust.as_ref(),
+                )?
             } else {
                 current.listeners[i].tls.clone()
             };
@@ -263,6 +282,7 @@ impl Inner {
                     .collect(),
                 tls,
             }));
+            client_trust.push(trust);
         }
         let limits = changed_limits(old, &config);
         let component_secrets = old
@@ -299,15 +319,21 @@ impl Inner {
             let accounts = Arc::new(Accounts::new(Arc::new(accounts), running.others().to_vec()));
             self.accounts.store(accounts.clone());
             if diff.removed > 0 {
-                sessions_closed = self
-                    .router
-                    .close_clients(|user| accounts.may_exist(user), ACCOUNT_REMOVED);
+                // A device the CA alone vouches for (SASL EXTERNAL, trust_ca) has no account to
+                // remove.
+                let certificates =
+                    crate::auth::CertificatePolicy::from_config(&config.accounts.certificate);
+                sessions_closed = self.router.close_clients(
+                    |user| accounts.may_exist(user) || certificates.vouches_for(user),
+                    ACCOUNT_REMOVED,
+                );
             }
         }
         self.shutdown_timeout_secs
             .store(config.server.shutdown_timeout_secs, Ordering::Relaxed);
         applied.config = config;
         applied.identity = identity;
+        applied.client_trust = client_trust;
         Ok(ReloadChanges {
             certificate,
             listener_settings,
@@ -376,6 +402,10 @@ fn changed_limits(old: &Config, new: &Config) -> Vec<String> {
         new.server,
         [shutdown_timeout_secs]
     );
+    // Read by logins through the context, like the limits.
+    if old.accounts.certificate != new.accounts.certificate {
+        changed.push("accounts.certificate".into());
+    }
     changed
 }
 

@@ -123,17 +123,7 @@ async fn try_login(addr: std::net::SocketAddr, user: &str, password: &str) -> Re
 
 /// A connection request from the raw ACS to `jid`, answered by the CPE, and the result back.
 async fn relay_one(acs: &mut RawPeer, cpe: &mut RawPeer, jid: &str, id: &str) {
-    acs.send(&connection_request(
-        id,
-        jid,
-        Some(COMPONENT_DOMAIN),
-        "u",
-        "p",
-    ))
-    .await;
-    let request = cpe.element().await;
-    answer_result(cpe, request.attr("id").unwrap()).await;
-    let answer = acs.element().await;
+    let answer = request_answered(acs, cpe, id, jid).await;
     assert_eq!(
         (answer.attr("id"), answer.attr("type")),
         (Some(id), Some("result")),

@@ -1,5 +1,5 @@
-//! Emulated CPEs: log in (TCP from a spread source address, STARTTLS or direct TLS, SASL PLAIN,
-//! resource bind, no presence), then idle and answer connection requests until told to stop.
+//! Emulated CPEs: log in (TCP from a spread source address, STARTTLS or direct TLS, SASL PLAIN or
+//! EXTERNAL with a device certificate, resource bind, no presence), then idle and answer connection requests until told to stop.
 
 use crate::xml::{self, Frame, Framer};
 use base64::Engine as _;
@@ -29,6 +29,8 @@ pub struct Target {
     pub cr_password: String,
     /// Bind each client socket to its own 127.x.y.z source address.
     pub spread_sources: bool,
+    /// SASL EXTERNAL: each CPE presents its own certificate from this CA (else PLAIN).
+    pub devices: Option<Arc<crate::devices::DeviceCa>>,
 }
 
 /// Counters shared by all CPE sessions.
@@ -191,27 +193,39 @@ pub async fn connect_tls(target: &Target, index: usize) -> Result<(Stream, Frame
             return Err("data after <proceed/> before the TLS handshake".into());
         }
     }
-    let stream = target
-        .tls
+    let connector = match &target.devices {
+        Some(ca) => ca.connector(&username(index), &target.domain)?,
+        None => target.tls.clone(),
+    };
+    let stream = connector
         .connect(target.server_name.clone(), tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     Ok((stream, framer))
 }
 
-/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL PLAIN, bind.
+/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL PLAIN (or EXTERNAL), bind.
 pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
     let (mut stream, mut framer) = connect_tls(target, index).await?;
     let features = open_stream(&mut stream, &mut framer, &target.domain, "sasl").await?;
-    if !features.contains(">PLAIN<") {
-        return Err(format!("PLAIN not offered: {features}"));
-    }
     let user = username(index);
-    let token =
-        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{}", target.password));
+    let (mechanism, token) = match target.devices {
+        // The certificate names the account: an empty authzid.
+        Some(_) => ("EXTERNAL", "=".to_string()),
+        None => (
+            "PLAIN",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("\0{user}\0{}", target.password)),
+        ),
+    };
+    if !features.contains(&format!(">{mechanism}<")) {
+        return Err(format!("{mechanism} not offered: {features}"));
+    }
     send(
         &mut stream,
-        &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"),
+        &format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{token}</auth>"
+        ),
     )
     .await?;
     let outcome = next_element(&mut stream, &mut framer, "auth").await?;

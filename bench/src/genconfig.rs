@@ -3,6 +3,7 @@
 //! Layout written under the output directory:
 //! ```text
 //! cert.pem key.pem combined.pem   one self-signed ECDSA P-256 certificate for the domain, shared
+//! device-ca.pem device-ca-key.pem the CA of the CPEs' certificates (SASL EXTERNAL runs)
 //! crbroker/config.toml accounts.txt
 //! prosody/prosody.cfg.lua data/<domain>/accounts/<user>.dat   (internal_plain store)
 //! ejabberd/ejabberd.yml register.erl                           (accounts registered at start)
@@ -27,6 +28,7 @@ pub struct GenConfig {
     pub password: String,
     pub c2s_port: u16,
     pub direct_tls_port: u16,
+    pub external_port: u16,
     pub component_port: u16,
 }
 
@@ -61,6 +63,7 @@ impl GenConfig {
             .replace("@SECRET@", &self.secret)
             .replace("@C2S_PORT@", &self.c2s_port.to_string())
             .replace("@DIRECT_TLS_PORT@", &self.direct_tls_port.to_string())
+            .replace("@EXTERNAL_PORT@", &self.external_port.to_string())
             .replace("@COMPONENT_PORT@", &self.component_port.to_string())
             .replace("@SESSIONS@", &self.sessions.to_string())
             .replace("@PASSWORD@", &self.password)
@@ -106,6 +109,10 @@ impl GenConfig {
             &dir.join("combined.pem"),
             format!("{cert_pem}{key_pem}").as_bytes(),
         )?;
+
+        let (device_ca, device_ca_key) = crate::devices::generate()?;
+        write(&dir.join("device-ca.pem"), device_ca.as_bytes())?;
+        write(&dir.join("device-ca-key.pem"), device_ca_key.as_bytes())?;
 
         // crbroker
         write(

@@ -6,6 +6,7 @@
 
 mod acs;
 mod cpe;
+mod devices;
 mod genconfig;
 mod logintiming;
 mod preauth;
@@ -74,6 +75,9 @@ struct GenConfigArgs {
     c2s_port: u16,
     #[arg(long, default_value_t = 15223)]
     direct_tls_port: u16,
+    /// crbroker's direct-TLS listener that requires device certificates (SASL EXTERNAL).
+    #[arg(long, default_value_t = 15224)]
+    external_port: u16,
     #[arg(long, default_value_t = 15347)]
     component_port: u16,
 }
@@ -134,6 +138,11 @@ struct RunArgs {
     /// Do not bind client sockets to spread 127.x.y.z source addresses.
     #[arg(long)]
     no_spread: bool,
+    /// SASL EXTERNAL: every CPE presents its own certificate signed by this device CA key
+    /// (gen-config's device-ca-key.pem) and logs in with EXTERNAL; point --c2s at the broker's
+    /// external listener (gen-config: 127.0.0.1:15224, with --direct-tls).
+    #[arg(long)]
+    device_ca_key: Option<PathBuf>,
     /// PID of the broker, for RSS (VmRSS) and CPU (utime+stime) figures.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -241,6 +250,7 @@ fn gen_config(a: GenConfigArgs) -> ExitCode {
         password: a.password,
         c2s_port: a.c2s_port,
         direct_tls_port: a.direct_tls_port,
+        external_port: a.external_port,
         component_port: a.component_port,
     };
     match config.write_all() {
@@ -375,6 +385,10 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
         password: args.password.clone(),
         cr_password: "cr-secret".into(),
         spread_sources: !args.no_spread,
+        devices: match &args.device_ca_key {
+            Some(path) => Some(Arc::new(devices::DeviceCa::load(path)?)),
+            None => None,
+        },
     });
     let counters = Arc::new(cpe::CpeCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -382,10 +396,11 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
         label: args.label.clone(),
         sessions: args.sessions,
         concurrency: args.concurrency,
-        transport: if args.direct_tls {
-            "direct TLS".into()
-        } else {
-            "STARTTLS".into()
+        transport: match (args.direct_tls, args.device_ca_key.is_some()) {
+            (true, false) => "direct TLS".into(),
+            (true, true) => "direct TLS, EXTERNAL".into(),
+            (false, false) => "STARTTLS".into(),
+            (false, true) => "STARTTLS, EXTERNAL".into(),
         },
         broker_pid: pid,
         load_average_at_start: procstat::load_average(),

@@ -10,7 +10,9 @@
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::WantsClientCert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::ConfigBuilder;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 
@@ -56,16 +58,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
 /// A client configuration that accepts any certificate (see the module documentation).
 pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
+    finish(insecure_builder().with_no_client_auth())
+}
+
+/// The same, presenting `chain` (a device certificate, for SASL EXTERNAL) signed with `key`.
+pub fn insecure_client_config_presenting(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let config = insecure_builder()
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client certificate: {e}"))?;
+    Ok(finish(config))
+}
+
+fn insecure_builder() -> ConfigBuilder<rustls::ClientConfig, WantsClientCert> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let schemes = provider
         .signature_verification_algorithms
         .supported_schemes();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { schemes }))
-        .with_no_client_auth();
+}
+
+fn finish(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
     config.resumption = Resumption::disabled();
     Arc::new(config)
 }

@@ -187,7 +187,7 @@ fn fixture() -> &'static Fixture {
                     .map(mechanism)
                     .collect(),
                 tls: identity
-                    .server_config(&listener.tls_versions, config.tls.session_tickets)
+                    .server_config(&listener.tls_versions, config.tls.session_tickets, None)
                     .expect("server config"),
             })
         };

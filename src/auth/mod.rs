@@ -1,7 +1,8 @@
 //! Accounts: who may log in and with which credential. The sources of accounts (the accounts
 //! file and inline accounts in [`file`], the others behind
 //! [`AccountSource`] in [`source`]) each own their accounts; [`account`] holds
-//! what one account is and how its password is checked; the SASL mechanisms in
+//! what one account is and how its password is checked; [`certificate`] reads the usernames a
+//! device certificate names (SASL EXTERNAL); the SASL mechanisms in
 //! [`crate::proto::sasl`] see accounts only through the [`Credentials`] view.
 //!
 //! # Plaintext accounts and SCRAM
@@ -24,6 +25,7 @@
 //! why [`MAX_ITERATIONS`] is capped so that its PBKDF2 stays far below that floor.
 
 mod account;
+mod certificate;
 pub(crate) mod crypto;
 mod file;
 mod source;
@@ -34,6 +36,7 @@ pub(crate) use account::PlainScramCache;
 pub use account::ScramParams;
 pub(crate) use account::{derived_salt, KeyPair, ScramCredentials};
 pub use account::{hash_line, verify_plain, Account};
+pub use certificate::{CertificateError, CertificatePolicy};
 pub use file::{AccountDiff, AccountStore};
 pub use source::{
     AccountRole, AccountSource, Accounts, Credentials, LoginAccount, ResolveFuture, Resolved,

@@ -179,6 +179,12 @@ impl LoginAccount {
         self.unavailable
     }
 
+    /// True when a source holds the account (SASL EXTERNAL needs nothing more: the certificate
+    /// is the credential).
+    pub fn found(&self) -> bool {
+        self.found.is_some()
+    }
+
     /// The role the source stores with the account, if any.
     pub fn role(&self) -> Option<AccountRole> {
         match &self.found {

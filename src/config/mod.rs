@@ -175,12 +175,16 @@ impl Config {
                 key: key.clone(),
                 message: message.into(),
             };
-            if listener.sasl_mechanisms.is_empty() {
-                return Err(bad("sasl_mechanisms is empty: no client could log in"));
+            if listener.sasl_mechanisms.is_empty() && listener.client_auth != ClientAuth::Required {
+                return Err(bad(
+                    "sasl_mechanisms is empty: no client could log in \
+                     (only a listener with client_auth = \"required\" may offer EXTERNAL alone)",
+                ));
             }
             if listener.tls_versions.is_empty() {
                 return Err(bad("tls_versions is empty"));
             }
+            self.validate_client_auth(text, i, listener)?;
         }
         for (i, component) in self.components.iter().enumerate() {
             let err = |message: String| ConfigError {
@@ -303,6 +307,16 @@ impl Config {
                 }
             }
         }
+        for prefix in &self.accounts.certificate.username_prefixes {
+            if crate::auth::normalize_username(prefix).is_err() {
+                return Err(ConfigError {
+                    file: self.origin.clone(),
+                    line: find_line("username_prefixes"),
+                    key: "accounts.certificate.username_prefixes".into(),
+                    message: format!("{prefix:?} is not the start of a username"),
+                });
+            }
+        }
         if let Some(file) = &self.accounts.file {
             let resolved = self.resolve(file.get_ref());
             if !resolved.exists() {
@@ -310,6 +324,72 @@ impl Config {
                     text,
                     Some(file),
                     "accounts.file",
+                    format!("file {} not found", resolved.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A listener's client certificate settings: a CA file when certificates are asked for
+    /// (and only then), and CA and CRL files that exist.
+    fn validate_client_auth(
+        &self,
+        text: &str,
+        index: usize,
+        listener: &ListenerConfig,
+    ) -> Result<(), ConfigError> {
+        let key = |leaf: &str| format!("listener[{index}].{leaf}");
+        match (&listener.client_ca_file, listener.client_auth) {
+            (None, ClientAuth::None) => {
+                if let Some(crl) = listener.crl_files.first() {
+                    return Err(self.error_at(
+                        text,
+                        Some(crl),
+                        &key("crl_files"),
+                        "crl_files without client_auth: no client certificate is asked for".into(),
+                    ));
+                }
+                return Ok(());
+            }
+            (None, _) => {
+                let line = text
+                    .find("client_auth")
+                    .map(|o| line_of(text, o))
+                    .unwrap_or(0);
+                return Err(ConfigError {
+                    file: self.origin.clone(),
+                    line,
+                    key: key("client_ca_file"),
+                    message: "client_auth asks for client certificates: client_ca_file must name \
+                              the CA that issues them"
+                        .into(),
+                });
+            }
+            (Some(ca), ClientAuth::None) => {
+                return Err(self.error_at(
+                    text,
+                    Some(ca),
+                    &key("client_ca_file"),
+                    "client_ca_file is set but client_auth is \"none\" (set \"optional\" or \
+                     \"required\")"
+                        .into(),
+                ));
+            }
+            (Some(_), _) => {}
+        }
+        let files = listener
+            .client_ca_file
+            .iter()
+            .map(|f| (f, "client_ca_file"))
+            .chain(listener.crl_files.iter().map(|f| (f, "crl_files")));
+        for (file, leaf) in files {
+            let resolved = self.resolve(file.get_ref());
+            if !resolved.is_file() {
+                return Err(self.error_at(
+                    text,
+                    Some(file),
+                    &key(leaf),
                     format!("file {} not found", resolved.display()),
                 ));
             }

@@ -60,6 +60,20 @@ pub enum SaslMechanismName {
     ScramSha256,
 }
 
+/// Whether a listener asks TLS clients for a certificate (SASL EXTERNAL, XEP-0178).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No certificate is asked for; EXTERNAL is never offered.
+    #[default]
+    None,
+    /// A certificate is asked for; clients without one use the password mechanisms, clients
+    /// with one that `client_ca_file` does not verify (or a CRL revokes) fail the handshake.
+    Optional,
+    /// Every client must present a certificate the CA verifies, or the handshake fails.
+    Required,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -69,6 +83,52 @@ pub struct ListenerConfig {
     pub sasl_mechanisms: Vec<SaslMechanismName>,
     #[serde(default = "defaults::tls_versions")]
     pub tls_versions: Vec<TlsVersion>,
+    /// Client (device) certificates: none, optional or required. Not `none`: EXTERNAL is offered
+    /// to every client whose certificate was verified, ahead of `sasl_mechanisms`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM file of the CA certificates that issue device certificates (needed unless
+    /// `client_auth` is `none`); re-read by a reload.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<PathBuf>>,
+    /// PEM (or DER) CRL files of those CAs; re-read by a reload, which is how a revocation takes
+    /// effect without a restart.
+    #[serde(default)]
+    pub crl_files: Vec<Spanned<PathBuf>>,
+}
+
+/// `[accounts.certificate]`: which name in a verified device certificate is its username, and
+/// whether the CA alone may vouch for it (see README "Device certificates (SASL EXTERNAL)").
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateAccountsConfig {
+    /// Where the username comes from when the certificate has no XEP-0178 id-on-xmppAddr for
+    /// this domain (an xmppAddr always comes first).
+    #[serde(default)]
+    pub identity: CertificateIdentity,
+    /// True: a verified identity logs in even when no account source knows it (the CA alone
+    /// vouches for it; revocation is then the only way to lock a device out).
+    #[serde(default)]
+    pub trust_ca: bool,
+    /// With `trust_ca`: only usernames starting with one of these may log in on the CA's word
+    /// alone (empty: any username).
+    #[serde(default)]
+    pub username_prefixes: Vec<String>,
+}
+
+/// The certificate field a username is taken from (after any id-on-xmppAddr).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateIdentity {
+    /// Only XEP-0178 id-on-xmppAddr subjectAltNames (`user@<server.domain>`).
+    #[default]
+    XmppAddr,
+    /// A dNSName subjectAltName, whole (e.g. `cpe-000001.devices.example.net`).
+    SanDns,
+    /// The local part of an rfc822Name subjectAltName at `<server.domain>`.
+    SanEmailLocal,
+    /// The subject's commonName.
+    Cn,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +157,9 @@ pub struct AccountsConfig {
     /// Usernames that belong to ACSs: they may address CPEs (GenieACS logs in like this).
     #[serde(default)]
     pub acs: Vec<String>,
+    /// SASL EXTERNAL: how device certificates name their accounts.
+    #[serde(default)]
+    pub certificate: CertificateAccountsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -63,6 +63,8 @@ counters! {
     auth_scram_sha1,
     /// Successful logins with SCRAM-SHA-256.
     auth_scram_sha256,
+    /// Successful logins with EXTERNAL (a verified device certificate).
+    auth_external,
     /// XEP-0114 component handshakes accepted.
     component_handshakes_ok,
     /// XEP-0114 component handshakes refused.
@@ -175,11 +177,12 @@ pub fn mechanism_index(mechanism: Mechanism) -> usize {
         Mechanism::Plain => 0,
         Mechanism::ScramSha1 => 1,
         Mechanism::ScramSha256 => 2,
+        Mechanism::External => 3,
     }
 }
 
 /// Label values of `mechanism`, in `mechanism_index` order.
-pub const MECHANISM_LABELS: [&str; 3] = ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"];
+pub const MECHANISM_LABELS: [&str; 4] = ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256", "EXTERNAL"];
 
 /// How a connection request ended (the `outcome` label; a bounded set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,27 +10,27 @@
 //! negotiating).
 
 use super::ready::{self, Ending};
+use super::{external, login};
 use super::{new_stream_id, Conn, ConnError, Role, SessionHandle, SessionInfo, Transport};
 use crate::auth::{AccountRole, Accounts, LoginAccount, MAX_USERNAME_LEN};
 use crate::caps::ConnectionGuard;
 use crate::config::ListenerKind;
 use crate::context::{Context, ListenerSettings};
 use crate::jid::JidRef;
-use crate::ops::metrics::{LoginOutcome, Stats};
+use crate::ops::metrics::Stats;
 use crate::outbox::Outbox;
 use crate::proto::sasl::{self, Mechanism, SaslSession, Step};
 use crate::throttle::Wait;
 use crate::tls::TlsStream;
 use crate::xml::{ns, writer, Element, Frame, StreamHeader};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
 /// Why negotiation stopped; the stream error (if any) has been sent.
 #[derive(Debug)]
-struct Refused;
+pub(super) struct Refused;
 
 pub async fn serve<S: Transport + Send + 'static>(
     tcp: S,
@@ -114,7 +114,7 @@ pub async fn serve<S: Transport + Send + 'static>(
     .await
 }
 
-type TlsConn<S> = Conn<TlsStream<S>>;
+pub(super) type TlsConn<S> = Conn<TlsStream<S>>;
 
 /// TLS is up: SASL and bind under the same deadline.
 async fn after_tls<S: Transport>(
@@ -234,7 +234,7 @@ pub(super) async fn refuse_on_error<S: Transport>(
     }
 }
 
-async fn send_str<S: Transport>(conn: &mut Conn<S>, text: &str) -> Result<(), Refused> {
+pub(super) async fn send_str<S: Transport>(conn: &mut Conn<S>, text: &str) -> Result<(), Refused> {
     conn.send_raw(text.as_bytes()).await.map_err(|_| Refused)
 }
 
@@ -266,7 +266,10 @@ async fn starttls<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result<(),
 }
 
 /// The next top-level element during negotiation; a closed stream or bad XML ends negotiation.
-async fn next_element<S: Transport>(conn: &mut Conn<S>, ctx: &Context) -> Result<Element, Refused> {
+pub(super) async fn next_element<S: Transport>(
+    conn: &mut Conn<S>,
+    ctx: &Context,
+) -> Result<Element, Refused> {
     match conn.next_frame().await {
         Ok(Frame::Stanza(element)) => Ok(element),
         Ok(Frame::StreamClose) => {
@@ -293,16 +296,20 @@ async fn authenticate_and_bind<S: Transport>(
     ctx: &Context,
 ) -> Result<Arc<SessionHandle>, Refused> {
     open_stream(conn, ctx).await?;
+    // EXTERNAL is offered, first, only to a client with a verified certificate (XEP-0178).
+    let certificate_names = external::certificate_names(&conn.stream, ctx);
     let mut features =
         String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-    for mechanism in &listener.mechanisms {
+    let external = certificate_names.is_some().then_some(&Mechanism::External);
+    for mechanism in external.into_iter().chain(&listener.mechanisms) {
         features.push_str("<mechanism>");
         features.push_str(mechanism.name());
         features.push_str("</mechanism>");
     }
     features.push_str("</mechanisms></stream:features>");
     send_str(conn, &features).await?;
-    let (username, mechanism, role) = sasl_exchange(conn, peer.ip(), listener, ctx).await?;
+    let names = certificate_names.as_deref();
+    let (username, mechanism, role) = sasl_exchange(conn, peer.ip(), listener, names, ctx).await?;
 
     conn.restart_stream();
     open_stream(conn, ctx).await?;
@@ -322,6 +329,7 @@ async fn sasl_exchange<S: Transport>(
     conn: &mut TlsConn<S>,
     ip: IpAddr,
     listener: &ListenerSettings,
+    certificate_names: Option<&[Box<str>]>,
     ctx: &Context,
 ) -> Result<(String, Mechanism, Option<AccountRole>), Refused> {
     let mut failures = 0;
@@ -335,11 +343,18 @@ async fn sasl_exchange<S: Transport>(
         let mechanism = element
             .attr("mechanism")
             .and_then(Mechanism::from_name)
-            .filter(|m| listener.mechanisms.contains(m));
+            .filter(|m| match m {
+                Mechanism::External => certificate_names.is_some(),
+                m => listener.mechanisms.contains(m),
+            });
         let (step, role) = match mechanism {
             None => (Step::Failure(sasl::Failure::InvalidMechanism), None),
             Some(mechanism) => match sasl::decode_payload(&element.text()) {
                 Err(failure) => (Step::Failure(failure), None),
+                Ok(initial) if mechanism == Mechanism::External => {
+                    let names = certificate_names.unwrap_or_default();
+                    external::attempt(conn, initial, names, ip, ctx).await?
+                }
                 Ok(initial) => sasl_attempt(conn, mechanism, initial, ip, ctx).await?,
             },
         };
@@ -440,28 +455,11 @@ async fn sasl_attempt<S: Transport>(
             return Err(Refused);
         };
     }
-    match (&step, &attempt.wait) {
-        (Step::Success { .. }, Some(wait)) => ctx.throttle.record_success(wait),
-        (Step::Failure(_), Some(wait)) if attempt.session.attempted_username().is_some() => {
-            let dropped = ctx.throttle.record_failure(wait, Instant::now());
-            ctx.stats
-                .login_failure_generations_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
-        _ => {}
-    }
-    let outcome = match step {
-        Step::Success { .. } => LoginOutcome::Ok,
-        _ => LoginOutcome::Failed,
-    };
-    ctx.stats.login_done(mechanism, outcome, login_started);
-    if let Step::Success { .. } = step {
-        Stats::bump(match mechanism {
-            Mechanism::Plain => &ctx.stats.auth_plain,
-            Mechanism::ScramSha1 => &ctx.stats.auth_scram_sha1,
-            Mechanism::ScramSha256 => &ctx.stats.auth_scram_sha256,
-        });
-    }
+    // A failure counts against the username only when the client got as far as naming one.
+    let counted = attempt.wait.as_ref().filter(|_| {
+        matches!(step, Step::Success { .. }) || attempt.session.attempted_username().is_some()
+    });
+    login::record_outcome(&step, counted, mechanism, login_started, ctx);
     let role = attempt.login.as_ref().and_then(LoginAccount::role);
     Ok((step, role))
 }
@@ -488,16 +486,7 @@ impl Attempt {
                 // The step refuses it without a lookup; no throttle work for it either.
                 Stats::bump(&ctx.stats.logins_username_too_long);
             } else {
-                let w = ctx.throttle.wait(&username, ip, Instant::now());
-                if !w.delay.is_zero() {
-                    Stats::bump(&ctx.stats.logins_delayed);
-                    let ms = u64::try_from(w.delay.as_millis()).unwrap_or(u64::MAX);
-                    ctx.stats
-                        .login_delay_ms_total
-                        .fetch_add(ms, Ordering::Relaxed);
-                    tokio::time::sleep(w.delay).await;
-                }
-                self.wait = Some(w);
+                self.wait = Some(login::login_delay(&username, ip, ctx).await);
                 let normalized = username.to_ascii_lowercase();
                 let login = self.accounts.resolve(&normalized).await;
                 if login.unavailable() {
@@ -569,6 +558,9 @@ async fn bind<S: Transport>(
         };
         let full = jid.normalized();
         let bare = jid.bare().into_owned();
+        // A device the CA alone vouches for (SASL EXTERNAL with trust_ca) has no account.
+        let vouched =
+            info.mechanism == Some(Mechanism::External) && ctx.certificates.vouches_for(username);
         // The role the account's source stores wins; without one, the configuration's
         // `accounts.acs` list decides.
         let role = match stored_role {
@@ -606,7 +598,7 @@ async fn bind<S: Transport>(
         // A reload may have removed the account after its login began. The reload closes the
         // sessions of removed accounts that are bound when it swaps the store; a session bound
         // after that swap sees the new store here and closes itself the same way.
-        if !ctx.accounts.load().may_exist(username) {
+        if !vouched && !ctx.accounts.load().may_exist(username) {
             handle.outbox.close(crate::reload::ACCOUNT_REMOVED);
         }
         tracing::debug!(conn = conn_id, jid = %full, role = ?role, "session bound");

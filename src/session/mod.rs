@@ -7,6 +7,8 @@
 
 pub mod c2s;
 pub mod component;
+mod external;
+mod login;
 mod ready;
 
 use crate::outbox::Outbox;

@@ -3,8 +3,10 @@
 //! session's TLS stream ([`stream`]): rustls's unbuffered connection, whose buffers the broker
 //! owns and releases while a session idles. All of TLS is rustls's; no code here touches records.
 
+pub mod client;
 pub mod stream;
 
+pub use client::ClientTrust;
 pub use stream::TlsStream;
 
 use crate::config::{Config, TlsVersion};
@@ -21,6 +23,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("creating the development certificate: {0}")]
     DevCert(String),
+    #[error("client certificates: {0}")]
+    ClientTrust(String),
 }
 
 /// The certificate chain and key, loaded once and shared by every listener.
@@ -72,11 +76,13 @@ impl Identity {
         self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
     }
 
-    /// A rustls server configuration accepting exactly `versions`.
+    /// A rustls server configuration accepting exactly `versions`, asking for client
+    /// certificates when `client` is given.
     pub fn server_config(
         &self,
         versions: &[TlsVersion],
         session_tickets: usize,
+        client: Option<&ClientTrust>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
         let mut protocol_versions = Vec::new();
         if versions.contains(&TlsVersion::Tls13) {
@@ -86,10 +92,16 @@ impl Identity {
             protocol_versions.push(&rustls::version::TLS12);
         }
         let provider = Arc::new(provider_preferring_cheap_suites());
-        let mut server_config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&protocol_versions)?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        let builder = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&protocol_versions)?;
+        let builder = match client {
+            None => builder.with_no_client_auth(),
+            Some(trust) => {
+                builder.with_client_cert_verifier(trust.verifier().map_err(TlsError::ClientTrust)?)
+            }
+        };
+        let mut server_config =
+            builder.with_single_cert(self.chain.clone(), self.key.clone_key())?;
         // Our order, not the client's: see `provider_preferring_cheap_suites`.
         server_config.ignore_client_order = true;
         // Stateless tickets when enabled: resumption costs no per-session memory on the broker.

@@ -105,6 +105,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         self.conn.negotiated_cipher_suite()
     }
 
+    /// The client's certificate chain, end-entity first, when the listener asked for one and
+    /// rustls verified it (rustls keeps it; read it during negotiation, keep only what is needed).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     /// The underlying byte stream.
     pub fn get_ref(&self) -> &S {
         &self.tcp
@@ -430,7 +436,7 @@ mod tests {
                 let identity = Identity::load(&cert, &key).unwrap();
                 let _ = std::fs::remove_dir_all(&dir);
                 identity
-                    .server_config(&[TlsVersion::Tls12, TlsVersion::Tls13], 0)
+                    .server_config(&[TlsVersion::Tls12, TlsVersion::Tls13], 0, None)
                     .unwrap()
             })
             .clone()

@@ -498,7 +498,16 @@ impl RawPeer {
     }
 
     /// STARTTLS on a plain TCP peer: header, features, proceed, TLS handshake.
-    pub async fn starttls(mut self) -> RawPeer {
+    pub async fn starttls(self) -> RawPeer {
+        self.starttls_with(tls_connector()).await.unwrap()
+    }
+
+    /// STARTTLS with the test's own TLS client (e.g. one presenting a client certificate);
+    /// the handshake's error when it fails.
+    pub async fn starttls_with(
+        mut self,
+        connector: tokio_rustls::TlsConnector,
+    ) -> std::io::Result<RawPeer> {
         self.send(CLIENT_HEADER).await;
         self.header().await;
         let features = self.element().await;
@@ -511,8 +520,8 @@ impl RawPeer {
         // Reassemble the stream: nothing may be buffered beyond <proceed/>.
         assert_eq!(self.pos, self.buf.len(), "bytes after <proceed/>");
         let io = self.io;
-        let tls = tls_connector().connect(name, io).await.unwrap();
-        RawPeer::new(Box::new(tls), ns::CLIENT)
+        let tls = connector.connect(name, io).await?;
+        Ok(RawPeer::new(Box::new(tls), ns::CLIENT))
     }
 
     /// After TLS: header, SASL PLAIN. Returns the features element offered before auth.
@@ -646,6 +655,32 @@ pub async fn answer_result(cpe: &mut RawPeer, wire_id: &str) {
         "<iq type='result' id='{wire_id}' to='{COMPONENT_DOMAIN}'/>"
     ))
     .await;
+}
+
+/// A connection request from the raw ACS component `acs` to `jid`, delivered to the raw CPE
+/// `cpe` and answered `result` by it; returns the answer the ACS got.
+pub async fn request_answered(
+    acs: &mut RawPeer,
+    cpe: &mut RawPeer,
+    id: &str,
+    jid: &str,
+) -> Element {
+    acs.send(&connection_request(
+        id,
+        jid,
+        Some(COMPONENT_DOMAIN),
+        "u",
+        "p",
+    ))
+    .await;
+    let request = cpe.element().await;
+    assert!(
+        request.child("connectionRequest", ns::CONN_REQ).is_some(),
+        "{}",
+        cpe.transcript
+    );
+    answer_result(cpe, request.attr("id").unwrap()).await;
+    acs.element().await
 }
 
 /// The first stanza-error condition of an IQ error.

@@ -1,12 +1,14 @@
 //! SASL server side (RFC 6120 §6), sans-I/O: mechanism names, the PLAIN
 //! (RFC 4616) and SCRAM-SHA-1 / SCRAM-SHA-256 (RFC 5802 / RFC 7677)
-//! exchanges, and the base64 helpers for `<auth>`/`<response>` payloads.
+//! exchanges, EXTERNAL's authzid decision ([`external`], XEP-0178), and the
+//! base64 helpers for `<auth>`/`<response>` payloads.
 //!
 //! The caller parses the XML, decodes the element text with
 //! [`decode_payload`], feeds the bytes to a [`SaslSession`] and turns the
 //! returned [`Step`] into `<challenge/>`, `<success/>` or `<failure/>`.
 //! Nothing here performs I/O or logs passwords or SASL payloads.
 
+pub mod external;
 mod plain;
 mod scram;
 
@@ -33,11 +35,15 @@ pub enum Mechanism {
     ScramSha1,
     /// SCRAM-SHA-256 (RFC 7677), without channel binding.
     ScramSha256,
+    /// EXTERNAL (RFC 4422 appendix A) with the TLS client certificate (XEP-0178); not run by
+    /// [`SaslSession`]: see [`external`].
+    External,
 }
 
 impl Mechanism {
     /// All mechanisms, strongest first (the order to advertise them in).
-    pub const ALL: [Mechanism; 3] = [
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::External,
         Mechanism::ScramSha256,
         Mechanism::ScramSha1,
         Mechanism::Plain,
@@ -49,6 +55,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::External => "EXTERNAL",
         }
     }
 
@@ -235,6 +242,8 @@ impl SaslSession {
         nonce_override: Option<&str>,
     ) -> (SaslSession, Step) {
         let state = match mech {
+            // The certificate is the credential: nothing to exchange here (see `external`).
+            Mechanism::External => State::Done,
             Mechanism::Plain => State::AwaitPlain,
             Mechanism::ScramSha1 | Mechanism::ScramSha256 => State::AwaitScramFirst {
                 server_secret: *server_secret,
@@ -321,7 +330,7 @@ impl SaslSession {
                     Err(f) => Step::Failure(f),
                 }
             }
-            Mechanism::Plain => Step::Failure(Failure::MalformedRequest),
+            Mechanism::Plain | Mechanism::External => Step::Failure(Failure::MalformedRequest),
         }
     }
 
@@ -511,7 +520,7 @@ mod tests {
         let secret = [9u8; 32];
         let mut rng = XorShift(0x1234_5678_9abc_def1);
         for round in 0..3000 {
-            let mech = Mechanism::ALL[round % 3];
+            let mech = Mechanism::ALL[round % Mechanism::ALL.len()];
             let initial = rng.bytes(64);
             let (mut s, step) = SaslSession::start(mech, Some(&initial), &store, &secret);
             match step {
