@@ -22,7 +22,8 @@
 //!   live ones keep the values they started with.
 //!
 //! What needs a restart ([`restart_only_changes`]): the domain, worker threads, listener
-//! addresses and kinds, the component listener, the set of component domains and
+//! addresses, kinds, `reuse_port` and PROXY protocol settings (the socket and its accept loop
+//! are made once), the component listener, the set of component domains and
 //! `accounts.acs` (the router's policy), the login-delay settings (the failure tables hold
 //! state computed with them; starting them afresh would hand a guesser a new budget), the
 //! connection caps (the counts admitted under the old caps would be checked against new ones),
@@ -401,11 +402,23 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         if was.kind != now.kind {
             keys.push(format!("listener[{i}].kind"));
         }
+        if was.reuse_port != now.reuse_port {
+            keys.push(format!("listener[{i}].reuse_port"));
+        }
+        if was.proxy_sources() != now.proxy_sources() {
+            keys.push(format!("listener[{i}].proxy_protocol"));
+        }
     }
-    if old.component_listener.as_ref().map(|c| c.address)
-        != new.component_listener.as_ref().map(|c| c.address)
+    if old
+        .component_listener
+        .as_ref()
+        .map(|c| (c.address, c.reuse_port))
+        != new
+            .component_listener
+            .as_ref()
+            .map(|c| (c.address, c.reuse_port))
     {
-        keys.push("component_listener.address".into());
+        keys.push("component_listener".into());
     }
     if lower_sorted(&mut old.components.iter().map(|c| &c.domain))
         != lower_sorted(&mut new.components.iter().map(|c| &c.domain))
