@@ -86,8 +86,12 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     /// The networks whose connections must start with a PROXY header (None: no PROXY protocol).
     pub fn proxy_sources(&self) -> Option<Vec<ipnet::IpNet>> {
-        self.proxy_protocol
-            .then(|| self.proxy_from.iter().map(|n| *n.get_ref()).collect())
+        self.proxy_protocol.then(|| self.proxy_networks())
+    }
+
+    /// `proxy_from` without its positions in the file.
+    pub fn proxy_networks(&self) -> Vec<ipnet::IpNet> {
+        self.proxy_from.iter().map(|n| *n.get_ref()).collect()
     }
 }
 
