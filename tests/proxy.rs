@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 /// The test config with PROXY protocol on the STARTTLS and direct TLS listeners (0 and 1),
 /// accepted from `proxy_from`; listeners 2 and 3 stay plain.
-fn proxy_config(options: &TestOptions, proxy_from: &str) -> crbroker::config::Config {
+fn proxy_config_text(options: &TestOptions, proxy_from: &str) -> String {
     let text = config_text(options);
     let mut patched = String::new();
     let mut rest = text.as_str();
@@ -27,12 +27,17 @@ fn proxy_config(options: &TestOptions, proxy_from: &str) -> crbroker::config::Co
         rest = &rest[at..];
     }
     patched.push_str(rest);
-    crbroker::config::Config::parse(&patched, "proxy-test.toml", pki().dir.clone())
-        .expect("proxy test config")
+    patched
+}
+
+async fn start_text(text: &str) -> TestBroker {
+    let config = crbroker::config::Config::parse(text, "proxy-test.toml", pki().dir.clone())
+        .expect("proxy test config");
+    TestBroker::start_config(config).await
 }
 
 async fn start(options: TestOptions, proxy_from: &str) -> TestBroker {
-    TestBroker::start_config(proxy_config(&options, proxy_from)).await
+    start_text(&proxy_config_text(&options, proxy_from)).await
 }
 
 fn header(source: &str, v2: bool) -> Vec<u8> {
@@ -176,6 +181,30 @@ async fn per_address_caps_count_the_header_address() {
     })
     .await;
     let _again = held_from(&broker, "203.0.113.7:1006").await;
+}
+
+/// Connections still waiting for their header count against `max_pre_auth_total`, so a
+/// balancer (or whoever is inside `proxy_from`) cannot hold more than that many open.
+#[tokio::test]
+async fn connections_awaiting_a_header_count_against_the_total_cap() {
+    let text = proxy_config_text(&TestOptions::default(), "127.0.0.1/32")
+        .replace("[limits]\n", "[limits]\nmax_pre_auth_total = 2\n");
+    let broker = start_text(&text).await;
+    let _waiting = [
+        connect_resetting(broker.addr(STARTTLS)).await,
+        connect_resetting(broker.addr(DIRECT_TLS)).await,
+    ];
+    eventually("two connections open", || {
+        broker.stat("connections_open") == 2
+    })
+    .await;
+    let mut third = RawPeer::new(
+        Box::new(connect_with(broker.addr(STARTTLS), &header("203.0.113.7:1", true)).await),
+        crbroker::xml::ns::CLIENT,
+    );
+    assert!(third.closed().await);
+    assert_eq!(broker.stat("connections_refused_cap"), 1);
+    assert_eq!(broker.stat("connections_accepted"), 0);
 }
 
 /// A peer outside `proxy_from` is closed before the broker reads a byte; the other listeners
