@@ -143,9 +143,10 @@ struct Accepted {
 }
 
 /// A c2s connection from a load balancer: read its PROXY header (under the pre-auth deadline),
-/// count it against the per-address cap of the client the header names, then serve it as that
-/// client's. A header that names no client (v2 LOCAL: the balancer's own health check) leaves
-/// the balancer's address in its place, and the connection proceeds like any other.
+/// count it against the per-address cap of the client the header names, then hand it to a c2s
+/// task as that client's. A header that names no client (v2 LOCAL: the balancer's own health
+/// check) leaves the balancer's address in its place, and the connection proceeds like any
+/// other. This task holds the header's buffer (536 bytes) only while it waits for the header.
 async fn serve_proxied(
     mut tcp: TcpStream,
     balancer: SocketAddr,
@@ -155,14 +156,8 @@ async fn serve_proxied(
 ) {
     let deadline = accepted.at + ctx.pre_auth_timeout;
     let mut shutdown = ctx.shutdown.clone();
-    // Boxed: the header's buffer is needed only until the header is read, not for the
-    // session's life.
-    let header = Box::pin(tokio::time::timeout_at(
-        deadline,
-        proxy::read_header(&mut tcp),
-    ));
     let read = tokio::select! {
-        read = header => read,
+        read = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => read,
         _ = crate::context::stopped(&mut shutdown) => return,
     };
     let conn = accepted.conn_id;
@@ -190,7 +185,17 @@ async fn serve_proxied(
     }
     Stats::bump(&ctx.stats.connections_accepted);
     tracing::debug!(conn, %peer, %balancer, "PROXY header read");
-    c2s::serve(tcp, peer, conn, settings, ctx, accepted.guard, accepted.at).await;
+    // A task of its own, as large as a connection's without PROXY protocol: this one's state
+    // (the balancer's address, the moved-from socket) is not kept for the session's life.
+    tokio::spawn(c2s::serve(
+        tcp,
+        peer,
+        conn,
+        settings,
+        ctx,
+        accepted.guard,
+        accepted.at,
+    ));
 }
 
 /// TCP keepalive: after `idle` without traffic, probe every `idle / 4` (at least 10 s), give up
