@@ -1,6 +1,7 @@
 //! Connection caps: how many connections, and how many unauthenticated ones per source address
-//! and in all, may be open at once. Checked at accept, before TLS costs anything; the guard a
-//! connection task carries keeps the counts right however the task ends.
+//! and in all, may be open at once. Checked at accept, before TLS costs anything (on a PROXY
+//! protocol listener the per-address cap waits for the header, which names the address); the
+//! guard a connection task carries keeps the counts right however the task ends.
 
 use crate::ops::metrics::Stats;
 use std::collections::HashMap;
@@ -138,4 +139,41 @@ pub fn admit_unaddressed(
         pre_auth: true,
         pre_auth_ip: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([203, 0, 113, last])
+    }
+
+    /// A connection admitted before its address is known takes its per-address slot later; the
+    /// slot and the total count are given back when it authenticates or ends.
+    #[test]
+    fn per_address_slot_is_claimed_after_accept_and_given_back() {
+        let stats = Arc::new(Stats::default());
+        let caps = Arc::new(ConnectionCaps::new(0, 1, 3));
+        let mut first = admit_unaddressed(&stats, &caps).unwrap();
+        let mut second = admit_unaddressed(&stats, &caps).unwrap();
+        assert_eq!(caps.pre_auth(), 2);
+        assert!(first.claim_address(ip(7)));
+        assert!(!second.claim_address(ip(7)), "one per address");
+        assert!(second.claim_address(ip(8)));
+        let third = admit_unaddressed(&stats, &caps).unwrap();
+        assert!(admit_unaddressed(&stats, &caps).is_none(), "total cap");
+        drop(third);
+        first.authenticated();
+        assert_eq!(caps.pre_auth(), 1);
+        let mut again = admit_unaddressed(&stats, &caps).unwrap();
+        assert!(
+            again.claim_address(ip(7)),
+            "slot given back at authentication"
+        );
+        drop((first, second, again));
+        assert_eq!(caps.pre_auth(), 0);
+        assert!(caps.per_ip().is_empty());
+        assert_eq!(Stats::get(&stats.connections_open), 0);
+    }
 }

@@ -36,7 +36,8 @@ macro_rules! counters {
 }
 
 counters! {
-    /// TCP connections accepted on any listener.
+    /// TCP connections accepted on any listener (on a PROXY protocol listener: once the header
+    /// is read and the client's address admitted).
     connections_accepted,
     /// TCP connections closed at accept because a cap was reached (on a PROXY protocol
     /// listener the per-address cap is checked once the header named the source).
