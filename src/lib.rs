@@ -68,8 +68,8 @@ pub enum StartError {
 fn in_use_hint(error: &std::io::Error) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::AddrInUse => {
-            " (another process listens there: give each broker process its own address, or set \
-             reuse_port = true on this c2s or component listener in every process sharing it)"
+            " (another process listens there; broker processes can share a c2s or component \
+             listener's address only with reuse_port = true in every one of them)"
         }
         _ => "",
     }
