@@ -163,7 +163,9 @@ fn fixture() -> &'static Fixture {
         let ctx = Arc::new(Context::new(
             &config,
             router,
-            Arc::new(crbroker::swap::Swap::new(Arc::new(accounts))),
+            Arc::new(crbroker::swap::Swap::new(Arc::new(
+                crbroker::auth::Accounts::file_only(accounts),
+            ))),
             stats,
             shutdown_rx,
         ));
