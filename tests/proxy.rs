@@ -141,6 +141,49 @@ async fn headers_name_the_session_peer() {
     assert_eq!(broker.stat("proxy_headers_invalid"), 0);
 }
 
+/// Login delays count failures by the header's address: failures "from" 203.0.113.7 delay its
+/// next login, not one "from" 203.0.113.8 behind the same balancer.
+#[tokio::test]
+async fn login_delays_follow_the_header_address() {
+    let options = TestOptions {
+        login_delay_address_free: 2,
+        login_delay_base_ms: 100,
+        login_delay_address_max_ms: 100,
+        sasl_failure_floor_ms: 0,
+        ..TestOptions::default()
+    };
+    let broker = start(options, "127.0.0.1/32").await;
+    for (i, user) in ["cpe-0010", "cpe-0011"].into_iter().enumerate() {
+        let tcp = connect_with(
+            broker.addr(STARTTLS),
+            &header(&format!("203.0.113.7:{i}"), true),
+        )
+        .await;
+        let mut peer = RawPeer::new(Box::new(tcp), crbroker::xml::ns::CLIENT)
+            .starttls()
+            .await;
+        assert_eq!(
+            peer.auth_plain(user, "wrong").await.unwrap_err(),
+            "not-authorized"
+        );
+    }
+    assert_eq!(broker.stat("logins_delayed"), 0);
+    let other = connect_with(broker.addr(STARTTLS), &header("203.0.113.8:1", false)).await;
+    let _other = login_starttls(other, "cpe-0001").await;
+    assert_eq!(
+        broker.stat("logins_delayed"),
+        0,
+        "another address is not delayed"
+    );
+    let same = connect_with(broker.addr(STARTTLS), &header("203.0.113.7:9", false)).await;
+    let _same = login_starttls(same, "cpe-0002").await;
+    assert_eq!(
+        broker.stat("logins_delayed"),
+        1,
+        "the failing address is delayed"
+    );
+}
+
 /// A peer that has sent a header and its stream header and got the broker's answer: admitted.
 async fn held_from(broker: &TestBroker, source: &str) -> RawPeer {
     let tcp = connect_with(broker.addr(STARTTLS), &header(source, true)).await;
