@@ -15,6 +15,7 @@ pub mod ops;
 pub mod outbox;
 pub mod pending;
 pub mod proto;
+pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod router;
@@ -56,11 +57,22 @@ pub enum StartError {
         path: std::path::PathBuf,
         message: String,
     },
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}{}", in_use_hint(source))]
     Bind {
         address: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// What to do about an address another process holds.
+fn in_use_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there; broker processes can share a c2s or component \
+             listener's address only with reuse_port = true in every one of them)"
+        }
+        _ => "",
+    }
 }
 
 /// A running broker.
@@ -143,7 +155,7 @@ impl Broker {
         let mut client_trust = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
             let trust = tls::ClientTrust::load(&config, listener_config)?;
-            let tcp = bind(listener_config.address).await?;
+            let tcp = bind(listener_config.address, listener_config.reuse_port)?;
             let address = tcp.local_addr().map_err(|source| StartError::Bind {
                 address: listener_config.address,
                 source,
@@ -163,11 +175,14 @@ impl Broker {
                 )?,
             }));
             client_trust.push(trust);
-            bound.push((tcp, listener_config.kind, address));
+            let proxy = listener_config
+                .proxy_sources()
+                .map(|networks| Arc::new(proxy::ProxySources::new(networks)));
+            bound.push((tcp, listener_config.kind, address, proxy));
         }
         let component_tcp = match &config.component_listener {
             Some(component_config) => {
-                let tcp = bind(component_config.address).await?;
+                let tcp = bind(component_config.address, component_config.reuse_port)?;
                 let address = tcp.local_addr().map_err(|source| StartError::Bind {
                     address: component_config.address,
                     source,
@@ -178,12 +193,12 @@ impl Broker {
         };
         let generation = Arc::new(Swap::new(Arc::new(Generation { ctx, listeners })));
         let mut c2s_addrs = Vec::new();
-        for (index, (tcp, kind, address)) in bound.into_iter().enumerate() {
-            tracing::info!(%address, ?kind, "c2s listener ready");
+        for (index, (tcp, kind, address, proxy)) in bound.into_iter().enumerate() {
+            tracing::info!(%address, ?kind, proxy_protocol = proxy.is_some(), "c2s listener ready");
             c2s_addrs.push((kind, address));
             tokio::spawn(accept_loop(
                 tcp,
-                Service::C2s(index),
+                Service::C2s { index, proxy },
                 generation.clone(),
                 caps.clone(),
                 accepting_rx.clone(),
@@ -381,10 +396,8 @@ async fn reload_on_sighup(hangup: Option<tokio::signal::unix::Signal>, reloader:
     }
 }
 
-async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Bind { address, source })
+fn bind(address: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartError> {
+    listener::bind(address, reuse_port).map_err(|source| StartError::Bind { address, source })
 }
 
 /// Answer requests whose CPE did not answer in time. A coarse tick is enough: the deadline is

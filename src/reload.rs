@@ -24,7 +24,8 @@
 //!   live ones keep the values they started with.
 //!
 //! What needs a restart ([`restart_only_changes`]): the domain, worker threads, listener
-//! addresses and kinds, the component listener, the set of component domains and
+//! addresses, kinds, `reuse_port` and PROXY protocol settings (the socket and its accept loop
+//! are made once), the component listener, the set of component domains and
 //! `accounts.acs` (the router's policy), the login-delay settings (the failure tables hold
 //! state computed with them; starting them afresh would hand a guesser a new budget), the
 //! connection caps (the counts admitted under the old caps would be checked against new ones),
@@ -431,11 +432,26 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         if was.kind != now.kind {
             keys.push(format!("listener[{i}].kind"));
         }
+        if was.reuse_port != now.reuse_port {
+            keys.push(format!("listener[{i}].reuse_port"));
+        }
+        if was.proxy_protocol != now.proxy_protocol {
+            keys.push(format!("listener[{i}].proxy_protocol"));
+        }
+        if was.proxy_networks() != now.proxy_networks() {
+            keys.push(format!("listener[{i}].proxy_from"));
+        }
     }
-    if old.component_listener.as_ref().map(|c| c.address)
-        != new.component_listener.as_ref().map(|c| c.address)
-    {
+    let component = |config: &Config| {
+        let listener = config.component_listener.as_ref();
+        (listener.map(|c| c.address), listener.map(|c| c.reuse_port))
+    };
+    let (old_component, new_component) = (component(old), component(new));
+    if old_component.0 != new_component.0 {
         keys.push("component_listener.address".into());
+    }
+    if old_component.1 != new_component.1 {
+        keys.push("component_listener.reuse_port".into());
     }
     if lower_sorted(&mut old.components.iter().map(|c| &c.domain))
         != lower_sorted(&mut new.components.iter().map(|c| &c.domain))
@@ -547,6 +563,35 @@ mod tests {
         assert_eq!(
             restart_only_changes(&old, &new),
             vec!["listener[0].address", "listener[0].kind"]
+        );
+    }
+
+    #[test]
+    fn reuse_port_and_proxy_protocol_need_a_restart() {
+        let old = parse("");
+        let new = parse(
+            "reuse_port = true
+proxy_protocol = true
+proxy_from = [\"10.0.0.0/8\"]
+",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec![
+                "listener[0].reuse_port",
+                "listener[0].proxy_protocol",
+                "listener[0].proxy_from"
+            ]
+        );
+        let wider = parse(
+            "reuse_port = true
+proxy_protocol = true
+proxy_from = [\"10.0.0.0/7\"]
+",
+        );
+        assert_eq!(
+            restart_only_changes(&new, &wider),
+            vec!["listener[0].proxy_from"]
         );
     }
 }

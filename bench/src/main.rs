@@ -102,6 +102,10 @@ struct PreAuthMemoryArgs {
     /// Seconds to wait before each RSS sample.
     #[arg(long, default_value_t = 1.0)]
     settle_secs: f64,
+    /// Start each connection with a PROXY v1 header (a listener with `proxy_protocol = true`);
+    /// not in the `connected` stage, where the connection waits for it.
+    #[arg(long)]
+    proxy_header: bool,
 }
 
 #[derive(Args)]
@@ -209,8 +213,9 @@ fn pre_auth_memory(a: PreAuthMemoryArgs) -> ExitCode {
         domain: a.domain,
         broker_pid: a.broker_pid,
         settle: Duration::from_secs_f64(a.settle_secs),
+        proxy_header: a.proxy_header,
     };
-    let (stage, announce) = (args.stage, args.announce);
+    let (stage, announce, proxy_header) = (args.stage, args.announce, args.proxy_header);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,6 +227,11 @@ fn pre_auth_memory(a: PreAuthMemoryArgs) -> ExitCode {
                     format!("TLS record header announcing {announce} bytes + 1 byte")
                 }
                 preauth::Stage::Proceed => "held after <proceed/>, no TLS byte".to_string(),
+                preauth::Stage::Connected => "held after the TCP connect, no byte".to_string(),
+            };
+            let what = match proxy_header && stage != preauth::Stage::Connected {
+                true => format!("PROXY v1 header, then {what}"),
+                false => what,
             };
             println!(
                 "pre-auth memory: {} connections ({what}): broker RSS {} -> {} KiB, {:.2} KiB per connection",

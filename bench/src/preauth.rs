@@ -6,7 +6,13 @@
 //! - `record`: on a direct-TLS port, a 5-byte TLS record header announcing `--announce` bytes and
 //!   then one byte of it (what an attacker sends to make a server reserve a record buffer);
 //! - `proceed`: on a STARTTLS port, stream header and `<starttls/>`, held right after `<proceed/>`
-//!   before any TLS byte.
+//!   before any TLS byte;
+//! - `connected`: held right after the TCP connect, before any byte (on a PROXY protocol
+//!   listener: a connection waiting for its header).
+//!
+//! With `--proxy-header` each connection first sends a PROXY v1 header naming its own client
+//! address (198.18.x.y, one per connection), for a listener with `proxy_protocol = true` and
+//! `proxy_from = ["127.0.0.0/8"]`.
 //!
 //! The hold must end before the broker's pre-auth deadline (`limits.pre_auth_timeout_secs`).
 
@@ -21,6 +27,7 @@ use tokio::net::{TcpSocket, TcpStream};
 pub enum Stage {
     Record,
     Proceed,
+    Connected,
 }
 
 pub struct PreAuthArgs {
@@ -31,6 +38,8 @@ pub struct PreAuthArgs {
     pub domain: String,
     pub broker_pid: u32,
     pub settle: Duration,
+    /// Send a PROXY v1 header before the stage's bytes.
+    pub proxy_header: bool,
 }
 
 pub struct PreAuthResult {
@@ -56,7 +65,19 @@ async fn hold_one(args: &PreAuthArgs, index: usize) -> Result<TcpStream, String>
     let mut tcp = connect(args.addr, index)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if args.proxy_header && args.stage != Stage::Connected {
+        let [hi, lo] = (index as u16).to_be_bytes();
+        let header = format!(
+            "PROXY TCP4 198.18.{hi}.{lo} {} 40000 {}\r\n",
+            args.addr.ip(),
+            args.addr.port()
+        );
+        tcp.write_all(header.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
     match args.stage {
+        Stage::Connected => {}
         Stage::Record => {
             let [hi, lo] = args.announce.to_be_bytes();
             // Handshake record, legacy version 3.1, length `announce`, then one byte of it.

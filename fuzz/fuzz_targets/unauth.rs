@@ -163,7 +163,9 @@ fn fixture() -> &'static Fixture {
         let ctx = Arc::new(Context::new(
             &config,
             router,
-            Arc::new(crbroker::swap::Swap::new(Arc::new(accounts))),
+            Arc::new(crbroker::swap::Swap::new(Arc::new(
+                crbroker::auth::Accounts::file_only(accounts),
+            ))),
             stats,
             shutdown_rx,
         ));
@@ -586,7 +588,16 @@ fuzz_target!(|data: &[u8]| {
         let guard = admit(peer, &fx.ctx.stats, &fx.caps).expect("pre-auth counters leaked");
         let (client_end, broker_end) = tokio::io::duplex(PIPE_BYTES);
         let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-        let serve = c2s::serve(broker_end, peer, conn_id, listener, fx.ctx.clone(), guard);
+        let accepted = tokio::time::Instant::now();
+        let serve = c2s::serve(
+            broker_end,
+            peer,
+            conn_id,
+            listener,
+            fx.ctx.clone(),
+            guard,
+            accepted,
+        );
         let both = async { tokio::join!(serve, drive(client_end, &plan, fx)) };
         match tokio::time::timeout(EXEC_BOUND, both).await {
             Ok(((), reached)) => reached,

@@ -185,6 +185,20 @@ impl Config {
                 return Err(bad("tls_versions is empty"));
             }
             self.validate_client_auth(text, i, listener)?;
+            if listener.proxy_protocol && listener.proxy_from.is_empty() {
+                return Err(ConfigError {
+                    key: format!("listener[{i}].proxy_from"),
+                    ..bad("proxy_protocol is on but proxy_from is empty: name the load balancers' networks")
+                });
+            }
+            if !listener.proxy_protocol && !listener.proxy_from.is_empty() {
+                return Err(self.error_at(
+                    text,
+                    listener.proxy_from.first(),
+                    &format!("listener[{i}].proxy_from"),
+                    "proxy_from is set but proxy_protocol is off".into(),
+                ));
+            }
         }
         for (i, component) in self.components.iter().enumerate() {
             let err = |message: String| ConfigError {
@@ -498,6 +512,34 @@ mod tests {
                 .starts_with("/nonexistent/crbroker.toml: cannot read:"),
             "{err}"
         );
+    }
+
+    const BASE: &str = "[server]\ndomain = \"example.net\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nauto_create_dev_cert = true\n[[listener]]\naddress = \"127.0.0.1:5222\"\nkind = \"starttls\"\n";
+
+    #[test]
+    fn proxy_protocol_needs_proxy_from() {
+        let err = parse(&format!("{BASE}proxy_protocol = true\n")).unwrap_err();
+        assert_eq!(err.key, "listener[0].proxy_from", "{err}");
+        assert_eq!(err.line, 8, "{err}");
+        let err = parse(&format!("{BASE}proxy_from = [\"10.0.0.0/8\"]\n")).unwrap_err();
+        assert_eq!(err.key, "listener[0].proxy_from", "{err}");
+        assert_eq!(err.line, 10, "{err}");
+        let config = parse(&format!(
+            "{BASE}proxy_protocol = true\nproxy_from = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nreuse_port = true\n"
+        ))
+        .unwrap();
+        assert_eq!(config.listeners[0].proxy_sources().unwrap().len(), 2);
+        assert!(config.listeners[0].reuse_port);
+    }
+
+    #[test]
+    fn bad_proxy_network_names_line_and_key() {
+        let err = parse(&format!(
+            "{BASE}proxy_protocol = true\nproxy_from = [\"10.0.0.0/33\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, 11, "{err}");
+        assert_eq!(err.key, "proxy_from", "{err}");
     }
 
     #[test]

@@ -95,6 +95,30 @@ pub struct ListenerConfig {
     /// effect without a restart.
     #[serde(default)]
     pub crl_files: Vec<Spanned<PathBuf>>,
+    /// SO_REUSEPORT: several broker processes (each with it on) share this address and the
+    /// kernel spreads new connections over them.
+    #[serde(default)]
+    pub reuse_port: bool,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (a load balancer in front);
+    /// its source address stands for the peer (caps, login throttle, logs, sessions API).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Networks allowed to send PROXY headers (required when `proxy_protocol` is on); other
+    /// peers are closed at accept, before a byte is read.
+    #[serde(default)]
+    pub proxy_from: Vec<Spanned<ipnet::IpNet>>,
+}
+
+impl ListenerConfig {
+    /// The networks whose connections must start with a PROXY header (None: no PROXY protocol).
+    pub fn proxy_sources(&self) -> Option<Vec<ipnet::IpNet>> {
+        self.proxy_protocol.then(|| self.proxy_networks())
+    }
+
+    /// `proxy_from` without its positions in the file.
+    pub fn proxy_networks(&self) -> Vec<ipnet::IpNet> {
+        self.proxy_from.iter().map(|n| *n.get_ref()).collect()
+    }
 }
 
 /// `[accounts.certificate]`: which name in a verified device certificate is its username, and
@@ -135,6 +159,9 @@ pub enum CertificateIdentity {
 #[serde(deny_unknown_fields)]
 pub struct ComponentListenerConfig {
     pub address: SocketAddr,
+    /// SO_REUSEPORT, as for a c2s listener.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

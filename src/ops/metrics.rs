@@ -36,10 +36,19 @@ macro_rules! counters {
 }
 
 counters! {
-    /// TCP connections accepted on any listener.
+    /// TCP connections accepted on any listener (on a PROXY protocol listener: once the header
+    /// is read and the client's address admitted).
     connections_accepted,
-    /// TCP connections closed at accept because a cap was reached.
+    /// TCP connections closed at accept because a cap was reached (on a PROXY protocol
+    /// listener the per-address cap is checked once the header named the source).
     connections_refused_cap,
+    /// Connections to a PROXY protocol listener closed at accept: their peer is not in the
+    /// listener's `proxy_from`.
+    connections_refused_proxy_source,
+    /// Connections to a PROXY protocol listener closed because their header was malformed, too
+    /// long, cut short or late (a connection closed before its first byte is not counted: a
+    /// load balancer's TCP health check).
+    proxy_headers_invalid,
     /// Connections currently open (any phase).
     connections_open,
     /// Sessions currently bound (CPEs and ACS accounts) or handshaken (components).

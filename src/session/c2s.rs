@@ -2,7 +2,7 @@
 //! binding, then the ready loop.
 //!
 //! The negotiation runs under one deadline (`limits.pre_auth_timeout_secs`) from TCP accept to
-//! bind. Before TLS the only feature offered is `<starttls><required/>`; nothing but STARTTLS is
+//! bind (a PROXY header, when the listener wants one, is read under the same deadline). Before TLS the only feature offered is `<starttls><required/>`; nothing but STARTTLS is
 //! accepted there. A SASL attempt waits out its login delay (src/throttle.rs) as soon as its
 //! username is known, before the credentials are looked at, and a failed credential check is
 //! answered no earlier than `limits.sasl_failure_floor_ms` after it began. Negotiation elements
@@ -39,11 +39,12 @@ pub async fn serve<S: Transport + Send + 'static>(
     listener: Arc<ListenerSettings>,
     ctx: Arc<Context>,
     mut guard: ConnectionGuard,
+    accepted: tokio::time::Instant,
 ) {
     let span =
         tracing::debug_span!("c2s", conn = conn_id, peer = %peer, jid = tracing::field::Empty);
     async move {
-        let deadline = tokio::time::Instant::now() + ctx.pre_auth_timeout;
+        let deadline = accepted + ctx.pre_auth_timeout;
         let mut shutdown = ctx.shutdown.clone();
         // Boxed where it is made: a future built as a local and boxed later would still have
         // its full size reserved in this task for the session's whole life.

@@ -391,6 +391,16 @@ impl RawPeer {
         RawPeer::new(Box::new(tcp), ns::CLIENT)
     }
 
+    /// A plain client stream on `io` (a connection the test set up) that has sent its stream
+    /// header and got the broker's header and features: admitted and waiting for STARTTLS.
+    pub async fn greeted(io: Box<dyn Io>) -> RawPeer {
+        let mut peer = RawPeer::new(io, ns::CLIENT);
+        peer.send(CLIENT_HEADER).await;
+        peer.header().await;
+        peer.element().await;
+        peer
+    }
+
     pub async fn direct_tls(addr: std::net::SocketAddr) -> RawPeer {
         let tcp = connect_resetting(addr).await;
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
