@@ -14,6 +14,10 @@
 //!   [`ACCOUNT_REMOVED`] and their pending requests answered (`service-unavailable`, as for any
 //!   CPE that goes away); a changed password leaves the live session alone (the next login
 //!   needs the new one).
+//! - `[accounts.derived]`: new secrets, prefixes or cache bound build a new derived source
+//!   (empty cache; a removed secret's passwords stop logging in at once); sessions already
+//!   logged in stay, like after a password change, unless their username no longer qualifies
+//!   (then they are closed like removed accounts).
 //! - component secrets: new handshakes use them; attached components stay.
 //! - the limits that are read when a connection starts (the stanza and stream limits,
 //!   `pre_auth_timeout_secs`, the outbox bounds, the CPE-to-ACS rate, `stuck_session_grace_secs`,
@@ -30,6 +34,7 @@
 //! is one constant). A file that changes any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
+use crate::account_sources::OtherSources;
 use crate::auth::{AccountDiff, AccountStore, Accounts};
 use crate::config::{Config, ConfigError};
 use crate::context::{self, Generation, ListenerSettings};
@@ -74,6 +79,10 @@ pub struct ReloadChanges {
     pub accounts_total: usize,
     /// Sessions of removed accounts asked to close.
     pub sessions_closed: usize,
+    /// `[accounts.derived]` changed (secrets, prefixes or cache bound; or it was added or
+    /// removed): logins use the new settings, the derived accounts' cache starts empty.
+    #[serde(default)]
+    pub derived: bool,
     /// Component domains whose secret changed.
     pub component_secrets: usize,
     /// Keys (`limits.*`, `server.shutdown_timeout_secs`) whose value changed.
@@ -99,7 +108,7 @@ impl std::fmt::Display for ReloadChanges {
         write!(
             f,
             "certificate {}, listener settings {}, accounts +{} -{} ~{} ({} in all, {} sessions closed), \
-             component secrets {}, limits [{}]",
+             derived credentials {}, component secrets {}, limits [{}]",
             if self.certificate { "new" } else { "same" },
             if self.listener_settings { "new" } else { "same" },
             a.added,
@@ -107,6 +116,7 @@ impl std::fmt::Display for ReloadChanges {
             a.changed,
             self.accounts_total,
             self.sessions_closed,
+            if self.derived { "new" } else { "same" },
             self.component_secrets,
             self.limits.join(", ")
         )
@@ -153,12 +163,15 @@ struct Inner {
 struct Applied {
     config: Config,
     identity: Identity,
+    /// The account sources after the accounts file, as built for `config`.
+    sources: OtherSources,
 }
 
 impl Reloader {
     pub(crate) fn new(
         config: Config,
         identity: Identity,
+        sources: OtherSources,
         generation: Arc<Swap<Generation>>,
         accounts: Arc<Swap<Accounts>>,
         router: Arc<Router>,
@@ -169,7 +182,11 @@ impl Reloader {
                 accounts,
                 router,
                 shutdown_timeout_secs: AtomicU64::new(config.server.shutdown_timeout_secs),
-                applied: Mutex::new(Applied { config, identity }),
+                applied: Mutex::new(Applied {
+                    config,
+                    identity,
+                    sources,
+                }),
             }),
         }
     }
@@ -238,6 +255,10 @@ impl Inner {
         }
         let identity = Identity::load_or_create(&config)?;
         let accounts = load_accounts(&config)?;
+        let running = self.accounts.load();
+        let file_scram_changed = running.file().typical_scram() != accounts.typical_scram();
+        let sources = applied.sources.reloaded(&config, file_scram_changed)?;
+        let derived = sources.derived_differs(&applied.sources);
         let current = self.generation.load();
         let old = &applied.config;
         let certificate = !identity.same_as(&applied.identity);
@@ -290,15 +311,14 @@ impl Inner {
             self.generation
                 .store(Arc::new(Generation { ctx, listeners }));
         }
-        let running = self.accounts.load();
         let diff = running.file().diff(&accounts);
         let accounts_total = accounts.len();
         let mut sessions_closed = 0;
-        if diff != AccountDiff::default() {
-            // The other sources (and what they hold open) carry over; only the file store changes.
-            let accounts = Arc::new(Accounts::new(Arc::new(accounts), running.others().to_vec()));
+        if diff != AccountDiff::default() || derived {
+            // Sources whose settings did not change (and what they hold) carry over.
+            let accounts = Arc::new(Accounts::new(Arc::new(accounts), sources.chain()));
             self.accounts.store(accounts.clone());
-            if diff.removed > 0 {
+            if diff.removed > 0 || derived {
                 sessions_closed = self
                     .router
                     .close_clients(|user| accounts.may_exist(user), ACCOUNT_REMOVED);
@@ -308,12 +328,14 @@ impl Inner {
             .store(config.server.shutdown_timeout_secs, Ordering::Relaxed);
         applied.config = config;
         applied.identity = identity;
+        applied.sources = sources;
         Ok(ReloadChanges {
             certificate,
             listener_settings,
             accounts: diff,
             accounts_total,
             sessions_closed,
+            derived,
             component_secrets,
             limits,
         })
