@@ -73,7 +73,8 @@ pub fn main(args: LoginTimingArgs) -> ExitCode {
         server_name,
         tls: tokio_rustls::TlsConnector::from(crate::tls::insecure_client_config()),
         resource: String::new(),
-        password: String::new(),
+        passwords: crate::sasl::Passwords::Same(String::new()),
+        mechanism: crate::sasl::Mechanism::Plain,
         cr_password: String::new(),
         spread_sources: !args.no_spread,
     };
