@@ -5,6 +5,7 @@
 //! gets exactly one answer. Start here: [`Broker::start`] (used by `main.rs` and the tests).
 //! `architecture.md` at the repository root walks through the modules.
 
+pub mod account_sources;
 pub mod auth;
 pub mod caps;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod throttle;
 pub mod tls;
 pub mod xml;
 
+use crate::account_sources::OtherSources;
 use crate::caps::ConnectionCaps;
 use crate::config::{Config, ListenerKind};
 use crate::context::{Context, Generation, ListenerSettings};
@@ -133,15 +135,20 @@ impl Broker {
             false => None,
         };
         let accounts = reload::load_accounts(&config)?;
+        let sources = OtherSources::load(&config)?;
         tracing::info!(
             accounts = accounts.len(),
+            derived_secrets = sources.derived.as_ref().map_or(0, |d| d.secrets().len()),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "accounts loaded"
         );
         let identity = tls::Identity::load_or_create(&config)?;
         let (stop_accepting, accepting_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
-        let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::file_only(accounts))));
+        let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::new(
+            Arc::new(accounts),
+            sources.chain(),
+        ))));
         let ctx = Arc::new(Context::new(
             &config,
             router.clone(),
@@ -229,6 +236,7 @@ impl Broker {
             config,
             identity,
             client_trust,
+            sources,
             generation,
             accounts,
             router.clone(),

@@ -1,4 +1,5 @@
-//! The `crbroker` command: run the broker, check a config, or hash a password; the support-staff
+//! The `crbroker` command: run the broker, check a config, hash a password or print a derived
+//! one; the support-staff
 //! commands that talk to a running broker's API live in `cli/`.
 
 mod cli;
@@ -36,6 +37,14 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    /// Print the derived password of USER (`[accounts.derived]` of the configuration: the
+    /// first secret, or the one named by --secret-id): what the ACS provisions on that CPE.
+    DerivePassword {
+        username: String,
+        /// Use this secret instead of the current (first) one.
+        #[arg(long)]
+        secret_id: Option<String>,
+    },
     #[command(flatten)]
     Api(cli::ApiCommand),
 }
@@ -49,6 +58,10 @@ fn main() -> ExitCode {
             password,
             iterations,
         } => hash_password(&username, password, iterations),
+        Command::DerivePassword {
+            username,
+            secret_id,
+        } => derive_password(cli.config, &username, secret_id.as_deref()),
         Command::Run => run(cli.config),
         Command::Api(command) => cli::run(command, cli.config),
     }
@@ -151,6 +164,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Err(e) = crbroker::account_sources::load_derived(&config) {
+        eprintln!("crbroker: {}: {e}", file.display());
+        return ExitCode::from(2);
+    }
     println!("{}: ok", file.display());
     ExitCode::SUCCESS
 }
@@ -184,4 +201,54 @@ fn hash_password(username: &str, password: Option<String>, iterations: u32) -> E
         crbroker::auth::hash_line(username, &password, iterations)
     );
     ExitCode::SUCCESS
+}
+
+fn derive_password(
+    config_path: Option<PathBuf>,
+    username: &str,
+    secret_id: Option<&str>,
+) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("crbroker: {message}");
+        ExitCode::from(2)
+    };
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let derived = match crbroker::account_sources::load_derived(&config) {
+        Ok(Some(derived)) => derived,
+        Ok(None) => return fail(format!("{}: no [accounts.derived] section", config.origin)),
+        Err(e) => return fail(format!("{}: {e}", config.origin)),
+    };
+    let username = match crbroker::auth::normalize_username(username) {
+        Ok(name) => name,
+        Err(problem) => return fail(format!("username {username:?}: {problem}")),
+    };
+    if !derived.qualifies(&username) {
+        return fail(format!(
+            "{username:?} starts with none of accounts.derived.username_prefixes: \
+             it is not a derived account"
+        ));
+    }
+    let secret = match secret_id {
+        None => derived.secrets().first(),
+        Some(id) => derived.secrets().iter().find(|s| s.id() == id),
+    };
+    match secret {
+        Some(secret) => {
+            println!("{}", secret.password(&username));
+            ExitCode::SUCCESS
+        }
+        None => fail(format!(
+            "no secret with id {:?} in [accounts.derived] (ids: {})",
+            secret_id.unwrap_or_default(),
+            derived
+                .secrets()
+                .iter()
+                .map(|s| s.id())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }

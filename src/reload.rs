@@ -15,6 +15,10 @@
 //!   [`ACCOUNT_REMOVED`] and their pending requests answered (`service-unavailable`, as for any
 //!   CPE that goes away); a changed password leaves the live session alone (the next login
 //!   needs the new one).
+//! - `[accounts.derived]`: new secrets, prefixes or cache bound build a new derived source
+//!   (empty cache; a removed secret's passwords stop logging in at once); sessions already
+//!   logged in stay, like after a password change, unless their username no longer qualifies
+//!   (then they are closed like removed accounts).
 //! - component secrets: new handshakes use them; attached components stay.
 //! - `[accounts.certificate]` (SASL EXTERNAL identity rule, trust_ca): new logins use it.
 //! - the limits that are read when a connection starts (the stanza and stream limits,
@@ -33,6 +37,7 @@
 //! is one constant). A file that changes any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
+use crate::account_sources::OtherSources;
 use crate::auth::{AccountDiff, AccountStore, Accounts};
 use crate::config::{Config, ConfigError};
 use crate::context::{self, Generation, ListenerSettings};
@@ -77,6 +82,10 @@ pub struct ReloadChanges {
     pub accounts_total: usize,
     /// Sessions of removed accounts asked to close.
     pub sessions_closed: usize,
+    /// `[accounts.derived]` changed (secrets, prefixes or cache bound; or it was added or
+    /// removed): logins use the new settings, the derived accounts' cache starts empty.
+    #[serde(default)]
+    pub derived: bool,
     /// Component domains whose secret changed.
     pub component_secrets: usize,
     /// Keys (`limits.*`, `server.shutdown_timeout_secs`, `accounts.certificate`) whose value
@@ -103,7 +112,7 @@ impl std::fmt::Display for ReloadChanges {
         write!(
             f,
             "certificate {}, listener settings {}, accounts +{} -{} ~{} ({} in all, {} sessions closed), \
-             component secrets {}, limits [{}]",
+             derived credentials {}, component secrets {}, limits [{}]",
             if self.certificate { "new" } else { "same" },
             if self.listener_settings { "new" } else { "same" },
             a.added,
@@ -111,6 +120,7 @@ impl std::fmt::Display for ReloadChanges {
             a.changed,
             self.accounts_total,
             self.sessions_closed,
+            if self.derived { "new" } else { "same" },
             self.component_secrets,
             self.limits.join(", ")
         )
@@ -159,6 +169,8 @@ struct Applied {
     identity: Identity,
     /// Each listener's client CA certificates and CRLs as last read (None: no client certs).
     client_trust: Vec<Option<ClientTrust>>,
+    /// The account sources after the accounts file, as built for `config`.
+    sources: OtherSources,
 }
 
 impl Reloader {
@@ -166,6 +178,7 @@ impl Reloader {
         config: Config,
         identity: Identity,
         client_trust: Vec<Option<ClientTrust>>,
+        sources: OtherSources,
         generation: Arc<Swap<Generation>>,
         accounts: Arc<Swap<Accounts>>,
         router: Arc<Router>,
@@ -180,6 +193,7 @@ impl Reloader {
                     config,
                     identity,
                     client_trust,
+                    sources,
                 }),
             }),
         }
@@ -249,6 +263,10 @@ impl Inner {
         }
         let identity = Identity::load_or_create(&config)?;
         let accounts = load_accounts(&config)?;
+        let running = self.accounts.load();
+        let file_scram_changed = running.file().typical_scram() != accounts.typical_scram();
+        let sources = applied.sources.reloaded(&config, file_scram_changed)?;
+        let derived = sources.derived_differs(&applied.sources);
         let current = self.generation.load();
         let old = &applied.config;
         let certificate = !identity.same_as(&applied.identity);
@@ -311,15 +329,14 @@ impl Inner {
             self.generation
                 .store(Arc::new(Generation { ctx, listeners }));
         }
-        let running = self.accounts.load();
         let diff = running.file().diff(&accounts);
         let accounts_total = accounts.len();
         let mut sessions_closed = 0;
-        if diff != AccountDiff::default() {
-            // The other sources (and what they hold open) carry over; only the file store changes.
-            let accounts = Arc::new(Accounts::new(Arc::new(accounts), running.others().to_vec()));
+        if diff != AccountDiff::default() || derived {
+            // Sources whose settings did not change (and what they hold) carry over.
+            let accounts = Arc::new(Accounts::new(Arc::new(accounts), sources.chain()));
             self.accounts.store(accounts.clone());
-            if diff.removed > 0 {
+            if diff.removed > 0 || derived {
                 // A device the CA alone vouches for (SASL EXTERNAL, trust_ca) has no account to
                 // remove.
                 let certificates =
@@ -335,12 +352,14 @@ impl Inner {
         applied.config = config;
         applied.identity = identity;
         applied.client_trust = client_trust;
+        applied.sources = sources;
         Ok(ReloadChanges {
             certificate,
             listener_settings,
             accounts: diff,
             accounts_total,
             sessions_closed,
+            derived,
             component_secrets,
             limits,
         })

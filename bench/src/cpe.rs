@@ -1,8 +1,7 @@
 //! Emulated CPEs: log in (TCP from a spread source address, STARTTLS or direct TLS, SASL PLAIN or
-//! EXTERNAL with a device certificate, resource bind, no presence), then idle and answer connection requests until told to stop.
+//! SCRAM-SHA-256, or EXTERNAL with a device certificate; resource bind, no presence), then idle and answer connection requests until told to stop.
 
 use crate::xml::{self, Frame, Framer};
-use base64::Engine as _;
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +23,8 @@ pub struct Target {
     pub server_name: ServerName<'static>,
     pub tls: TlsConnector,
     pub resource: String,
-    pub password: String,
+    pub passwords: crate::sasl::Passwords,
+    pub mechanism: crate::sasl::Mechanism,
     /// The password the ACS puts in connection requests (the username is the CPE's own).
     pub cr_password: String,
     /// Bind each client socket to its own 127.x.y.z source address.
@@ -204,34 +204,26 @@ pub async fn connect_tls(target: &Target, index: usize) -> Result<(Stream, Frame
     Ok((stream, framer))
 }
 
-/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL PLAIN (or EXTERNAL), bind.
+/// Log CPE `index` in: TCP, TLS (STARTTLS or direct), SASL (PLAIN, SCRAM-SHA-256, or EXTERNAL
+/// with a device certificate), bind.
 pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
     let (mut stream, mut framer) = connect_tls(target, index).await?;
     let features = open_stream(&mut stream, &mut framer, &target.domain, "sasl").await?;
     let user = username(index);
-    let (mechanism, token) = match target.devices {
-        // The certificate names the account: an empty authzid.
-        Some(_) => ("EXTERNAL", "=".to_string()),
-        None => (
-            "PLAIN",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{user}\0{}", target.password)),
-        ),
+    // With a device certificate, the certificate names the account.
+    let mechanism = match target.devices {
+        Some(_) => crate::sasl::Mechanism::External,
+        None => target.mechanism,
     };
-    if !features.contains(&format!(">{mechanism}<")) {
-        return Err(format!("{mechanism} not offered: {features}"));
-    }
-    send(
+    crate::sasl::authenticate(
         &mut stream,
-        &format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{token}</auth>"
-        ),
+        &mut framer,
+        &features,
+        mechanism,
+        &user,
+        &target.passwords.of(&user),
     )
     .await?;
-    let outcome = next_element(&mut stream, &mut framer, "auth").await?;
-    if xml::name(&outcome) != "success" {
-        return Err(format!("authentication failed: {outcome}"));
-    }
 
     let features = open_stream(&mut stream, &mut framer, &target.domain, "bind").await?;
     if !features.contains("<bind") {

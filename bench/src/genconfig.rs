@@ -4,7 +4,7 @@
 //! ```text
 //! cert.pem key.pem combined.pem   one self-signed ECDSA P-256 certificate for the domain, shared
 //! device-ca.pem device-ca-key.pem the CA of the CPEs' certificates (SASL EXTERNAL runs)
-//! crbroker/config.toml accounts.txt
+//! crbroker/config.toml accounts.txt [derived-current.key derived-previous.key]
 //! prosody/prosody.cfg.lua data/<domain>/accounts/<user>.dat   (internal_plain store)
 //! ejabberd/ejabberd.yml register.erl                           (accounts registered at start)
 //! ```
@@ -26,6 +26,8 @@ pub struct GenConfig {
     pub component: String,
     pub secret: String,
     pub password: String,
+    /// crbroker: `[accounts.derived]` with two fresh secrets instead of accounts in the file.
+    pub derived: bool,
     pub c2s_port: u16,
     pub direct_tls_port: u16,
     pub external_port: u16,
@@ -115,19 +117,27 @@ impl GenConfig {
         write(&dir.join("device-ca-key.pem"), device_ca_key.as_bytes())?;
 
         // crbroker
-        write(
-            &dir.join("crbroker/config.toml"),
-            self.fill(CRBROKER_TEMPLATE, &dir).as_bytes(),
-        )?;
+        let mut config = self.fill(CRBROKER_TEMPLATE, &dir);
         let mut accounts = String::with_capacity(self.sessions * 24);
-        for i in 0..self.sessions {
-            let _ = writeln!(
-                accounts,
-                "{} plain:{}",
-                crate::cpe::username(i),
-                self.password
-            );
+        if self.derived {
+            for name in ["derived-current", "derived-previous"] {
+                let path = dir.join(format!("crbroker/{name}.key"));
+                write(&path, format!("{}\n", random_hex(32)?).as_bytes())?;
+                set_owner_only(&path)?;
+            }
+            config.push_str(DERIVED_SECTION);
+            accounts.push_str("# every CPE is a derived account ([accounts.derived])\n");
+        } else {
+            for i in 0..self.sessions {
+                let _ = writeln!(
+                    accounts,
+                    "{} plain:{}",
+                    crate::cpe::username(i),
+                    self.password
+                );
+            }
         }
+        write(&dir.join("crbroker/config.toml"), config.as_bytes())?;
         write(&dir.join("crbroker/accounts.txt"), accounts.as_bytes())?;
 
         // Prosody: config and one internal_plain account file per user.
@@ -164,6 +174,35 @@ impl GenConfig {
         )?;
         Ok(())
     }
+}
+
+/// Appended to crbroker's configuration by `--derived`.
+const DERIVED_SECTION: &str = r#"
+[accounts.derived]
+secrets = [
+  { id = "current", file = "derived-current.key" },
+  { id = "previous", file = "derived-previous.key" },
+]
+username_prefixes = ["cpe-"]
+"#;
+
+/// `bytes` random bytes from the OS, in hex.
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(buf.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+fn set_owner_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Erlang expression run by `erl -eval` after ejabberd has started: registers the CPE accounts

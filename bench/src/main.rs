@@ -12,6 +12,7 @@ mod logintiming;
 mod preauth;
 mod procstat;
 mod report;
+mod sasl;
 mod scrape;
 mod tls;
 mod xml;
@@ -71,6 +72,11 @@ struct GenConfigArgs {
     /// Password of every CPE account.
     #[arg(long, default_value = "pw")]
     password: String,
+    /// crbroker: derived credentials instead of an accounts file: two random secrets
+    /// (crbroker/derived-current.key, crbroker/derived-previous.key, both accepted: a rotation
+    /// in progress) for usernames starting with `cpe-`.
+    #[arg(long)]
+    derived: bool,
     #[arg(long, default_value_t = 15222)]
     c2s_port: u16,
     #[arg(long, default_value_t = 15223)]
@@ -137,6 +143,13 @@ struct RunArgs {
     /// Password of every CPE account.
     #[arg(long, default_value = "pw")]
     password: String,
+    /// Derive each CPE's password from this secret file instead (crbroker's
+    /// `[accounts.derived]`; `gen-config --derived` writes crbroker/derived-current.key).
+    #[arg(long)]
+    derived_secret: Option<PathBuf>,
+    /// SASL mechanism of the CPEs.
+    #[arg(long, value_enum, default_value = "plain")]
+    mechanism: sasl::Mechanism,
     #[arg(long, default_value = "cwmp")]
     resource: String,
     /// Do not bind client sockets to spread 127.x.y.z source addresses.
@@ -258,6 +271,7 @@ fn gen_config(a: GenConfigArgs) -> ExitCode {
         component: a.component,
         secret: a.secret,
         password: a.password,
+        derived: a.derived,
         c2s_port: a.c2s_port,
         direct_tls_port: a.direct_tls_port,
         external_port: a.external_port,
@@ -392,7 +406,11 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
         server_name,
         tls: tokio_rustls::TlsConnector::from(tls::insecure_client_config()),
         resource: args.resource.clone(),
-        password: args.password.clone(),
+        passwords: match &args.derived_secret {
+            Some(path) => sasl::Passwords::derived_from_file(path)?,
+            None => sasl::Passwords::Same(args.password.clone()),
+        },
+        mechanism: args.mechanism,
         cr_password: "cr-secret".into(),
         spread_sources: !args.no_spread,
         devices: match &args.device_ca_key {

@@ -1,5 +1,6 @@
 //! One account's credential: a password kept in clear (`plain:`) with its lazily derived SCRAM
-//! keys, or pre-hashed SCRAM keys (`scram:`); the credential syntax shared by every account source
+//! keys, pre-hashed SCRAM keys (`scram:`), or several candidate passwords any of which logs in
+//! (derived credentials during a secret rotation); the credential syntax shared by every account source
 //! (the accounts file, the database), password checks, and the `scram:` line writer.
 //!
 //! Which accounts exist is the business of the sources ([`super::file`], …); this module only
@@ -24,7 +25,7 @@ const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// StoredKey and ServerKey of one SCRAM hash function.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct KeyPair<K> {
     pub(crate) stored: K,
     pub(crate) server: K,
@@ -51,6 +52,15 @@ pub(crate) enum Credential {
         cache: PlainScramCache,
     },
     Scram(Box<ScramCredentials>),
+    /// Any of these passwords logs in, tried in order (derived credentials: one per secret,
+    /// the current secret's first).
+    Candidates(Box<[Candidate]>),
+}
+
+/// One password of a [`Credential::Candidates`] account, with its lazily derived SCRAM keys.
+pub(crate) struct Candidate {
+    password: Box<str>,
+    cache: PlainScramCache,
 }
 
 /// One account's credentials. `Debug` never shows secrets.
@@ -68,35 +78,82 @@ impl Account {
         }
     }
 
-    /// True for `plain:` accounts (password stored in clear).
-    pub fn is_plaintext(&self) -> bool {
-        matches!(self.cred, Credential::Plain { .. })
+    /// An account that any of `passwords` logs in to, tried in order (at least one).
+    pub(crate) fn candidates(passwords: impl IntoIterator<Item = Box<str>>) -> Account {
+        Account {
+            cred: Credential::Candidates(
+                passwords
+                    .into_iter()
+                    .map(|password| Candidate {
+                        password,
+                        cache: PlainScramCache::default(),
+                    })
+                    .collect(),
+            ),
+        }
     }
 
-    /// Iteration count of a `scram:` account (`None` for `plain:` ones).
+    /// True for accounts whose passwords the broker holds in clear (`plain:` and derived ones).
+    pub fn is_plaintext(&self) -> bool {
+        !matches!(self.cred, Credential::Scram(_))
+    }
+
+    /// Iteration count of a `scram:` account (`None` for the others).
     pub fn scram_iterations(&self) -> Option<u32> {
         match &self.cred {
-            Credential::Plain { .. } => None,
             Credential::Scram(c) => Some(c.iterations),
+            Credential::Plain { .. } | Credential::Candidates(_) => None,
         }
     }
 
-    /// StoredKey and ServerKey for hash `H`: the stored ones of a `scram:`
-    /// account; for a `plain:` account derived with `params` (PBKDF2) on first
-    /// use and cached. `params` must be what [`AccountStore::scram_params`]
-    /// gave for this account.
+    /// StoredKey and ServerKey for hash `H` of the account's (first) password: the stored ones
+    /// of a `scram:` account; for a password in clear derived with `params` (PBKDF2) on first
+    /// use and cached. `params` must be what [`AccountStore::scram_params`] gave for this
+    /// account.
+    #[cfg(test)]
     pub(crate) fn scram_keys<H: ScramHash>(&self, params: &ScramParams) -> KeyPair<H::Key> {
-        match &self.cred {
-            Credential::Scram(c) => *H::keys(c),
-            Credential::Plain { password, cache } => **H::cache(cache).get_or_init(|| {
-                Box::new(crypto::derive_keys::<H>(
-                    password.as_bytes(),
-                    &params.salt,
-                    params.iterations,
-                ))
-            }),
-        }
+        self.scram_key_candidates::<H>(params)
+            .next()
+            .unwrap_or_default()
     }
+
+    /// The StoredKey/ServerKey pairs a SCRAM proof may match, in order: one for `plain:` and
+    /// `scram:` accounts, one per candidate password of a derived account. Keys of passwords in
+    /// clear are derived with `params` (PBKDF2) when the iterator reaches them, then cached, so
+    /// a proof that matches the first candidate never pays for the others.
+    pub(crate) fn scram_key_candidates<'a, H: ScramHash>(
+        &'a self,
+        params: &'a ScramParams,
+    ) -> impl Iterator<Item = KeyPair<H::Key>> + 'a {
+        let (single, candidates): (Option<KeyPair<H::Key>>, &[Candidate]) = match &self.cred {
+            Credential::Scram(c) => (Some(*H::keys(c)), &[]),
+            Credential::Plain { password, cache } => {
+                (Some(cached_keys::<H>(password, cache, params)), &[])
+            }
+            Credential::Candidates(candidates) => (None, candidates),
+        };
+        single.into_iter().chain(
+            candidates
+                .iter()
+                .map(move |c| cached_keys::<H>(&c.password, &c.cache, params)),
+        )
+    }
+}
+
+/// The SCRAM keys of a password in clear: derived with `params` (PBKDF2) on first use, then
+/// taken from `cache`.
+fn cached_keys<H: ScramHash>(
+    password: &str,
+    cache: &PlainScramCache,
+    params: &ScramParams,
+) -> KeyPair<H::Key> {
+    **H::cache(cache).get_or_init(|| {
+        Box::new(crypto::derive_keys::<H>(
+            password.as_bytes(),
+            &params.salt,
+            params.iterations,
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -105,12 +162,27 @@ impl Account {
     /// proof is checked).
     pub(crate) fn scram_keys_derived(&self) -> bool {
         match &self.cred {
-            Credential::Plain { cache, .. } => {
-                cache.sha1.get().is_some() || cache.sha256.get().is_some()
-            }
+            Credential::Plain { cache, .. } => cache_filled(cache),
+            Credential::Candidates(candidates) => candidates.iter().any(|c| cache_filled(&c.cache)),
             Credential::Scram(_) => true,
         }
     }
+
+    /// How many candidate passwords have their SCRAM keys derived (tests: a proof that matches
+    /// the first candidate does not pay for the others).
+    pub(crate) fn candidates_derived(&self) -> usize {
+        match &self.cred {
+            Credential::Candidates(candidates) => {
+                candidates.iter().filter(|c| cache_filled(&c.cache)).count()
+            }
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+fn cache_filled(cache: &PlainScramCache) -> bool {
+    cache.sha1.get().is_some() || cache.sha256.get().is_some()
 }
 
 impl Account {
@@ -126,6 +198,12 @@ impl Account {
                     && a.salt == b.salt
                     && a.sha1 == b.sha1
                     && a.sha256 == b.sha256
+            }
+            (Credential::Candidates(a), Credential::Candidates(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(a, b)| a.password == b.password)
             }
             _ => false,
         }
@@ -150,6 +228,11 @@ impl fmt::Debug for Account {
                 .debug_struct("Account")
                 .field("kind", &"scram")
                 .field("iterations", &c.iterations)
+                .finish_non_exhaustive(),
+            Credential::Candidates(candidates) => f
+                .debug_struct("Account")
+                .field("kind", &"derived")
+                .field("candidates", &candidates.len())
                 .finish_non_exhaustive(),
         }
     }
@@ -263,7 +346,8 @@ fn decode_key<const N: usize>(text: &str, field: &'static str) -> Result<[u8; N]
 
 /// Check `password` against `account`: constant-time comparison for `plain:`
 /// accounts; for `scram:` accounts PBKDF2-SHA-256 with the stored salt and
-/// iterations → ClientKey → StoredKey, compared in constant time.
+/// iterations → ClientKey → StoredKey, compared in constant time; for derived accounts a
+/// constant-time comparison with every candidate (no early exit).
 pub fn verify_plain(account: &Account, password: &[u8]) -> bool {
     match &account.cred {
         Credential::Plain {
@@ -272,6 +356,15 @@ pub fn verify_plain(account: &Account, password: &[u8]) -> bool {
             // Compare digests so that the comparison does not reveal the length.
             Sha256Scram::hash(stored.as_bytes())
                 .ct_eq(&Sha256Scram::hash(password))
+                .into()
+        }
+        Credential::Candidates(candidates) => {
+            let given = Sha256Scram::hash(password);
+            candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |matched, c| {
+                    matched | Sha256Scram::hash(c.password.as_bytes()).ct_eq(&given)
+                })
                 .into()
         }
         Credential::Scram(c) => {

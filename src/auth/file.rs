@@ -169,7 +169,9 @@ impl AccountStore {
 
     fn insert_new(&mut self, username: Box<str>, account: Account) {
         match &account.cred {
-            Credential::Plain { .. } => self.plain_count += 1,
+            // Derived accounts never come from the file; counted like the passwords in clear
+            // they are.
+            Credential::Plain { .. } | Credential::Candidates(_) => self.plain_count += 1,
             Credential::Scram(c) => {
                 let kind = (c.iterations, c.salt.len());
                 if let Some(entry) = self.scram_kinds.iter_mut().find(|(k, _)| *k == kind) {

@@ -1,8 +1,9 @@
 //! Accounts: who may log in and with which credential. The sources of accounts (the accounts
 //! file and inline accounts in [`file`], the others behind
-//! [`AccountSource`] in [`source`]) each own their accounts; [`account`] holds
-//! what one account is and how its password is checked; [`certificate`] reads the usernames a
-//! device certificate names (SASL EXTERNAL); the SASL mechanisms in
+//! [`AccountSource`] in [`source`]: passwords derived from a secret in [`derived`]) each own
+//! their accounts; [`account`] holds what one account is and how its password is checked;
+//! [`certificate`] reads the usernames a device certificate names (SASL EXTERNAL); the SASL
+//! mechanisms in
 //! [`crate::proto::sasl`] see accounts only through the [`Credentials`] view.
 //!
 //! # Plaintext accounts and SCRAM
@@ -27,6 +28,7 @@
 mod account;
 mod certificate;
 pub(crate) mod crypto;
+pub mod derived;
 mod file;
 mod source;
 
@@ -37,6 +39,7 @@ pub use account::ScramParams;
 pub(crate) use account::{derived_salt, KeyPair, ScramCredentials};
 pub use account::{hash_line, verify_plain, Account};
 pub use certificate::{CertificateError, CertificatePolicy};
+pub use derived::{DerivedAccounts, DerivedError, DerivedSecret};
 pub use file::{AccountDiff, AccountStore};
 pub use source::{
     AccountRole, AccountSource, Accounts, Credentials, LoginAccount, ResolveFuture, Resolved,
@@ -83,6 +86,9 @@ pub enum AuthError {
         /// What is wrong.
         problem: LineProblem,
     },
+    /// A secret of the derived credentials cannot be used.
+    #[error(transparent)]
+    Derived(#[from] DerivedError),
     /// An account given directly (e.g. inline in the configuration) is invalid.
     #[error("account {username:?}: {problem}")]
     Account {
@@ -158,9 +164,18 @@ pub enum LineProblem {
 /// Validate and ASCII-lowercase a username (rules of the accounts file).
 ///
 /// # Errors
+/// See [`check_username`].
+pub fn normalize_username(username: &str) -> Result<Box<str>, LineProblem> {
+    check_username(username)?;
+    Ok(username.to_ascii_lowercase().into_boxed_str())
+}
+
+/// Check a username against the rules of the accounts file, without allocating.
+///
+/// # Errors
 /// Empty, longer than [`MAX_USERNAME_LEN`], or containing whitespace, a
 /// control character or one of `@ / " & ' < > :`.
-pub fn normalize_username(username: &str) -> Result<Box<str>, LineProblem> {
+pub fn check_username(username: &str) -> Result<(), LineProblem> {
     if username.is_empty() {
         return Err(LineProblem::EmptyUsername);
     }
@@ -174,5 +189,5 @@ pub fn normalize_username(username: &str) -> Result<Box<str>, LineProblem> {
     }) {
         return Err(LineProblem::ForbiddenCharacter(c));
     }
-    Ok(username.to_ascii_lowercase().into_boxed_str())
+    Ok(())
 }

@@ -331,6 +331,9 @@ impl Config {
                 });
             }
         }
+        if let Some(derived) = &self.accounts.derived {
+            self.validate_derived(text, derived)?;
+        }
         if let Some(file) = &self.accounts.file {
             let resolved = self.resolve(file.get_ref());
             if !resolved.exists() {
@@ -407,6 +410,103 @@ impl Config {
                     format!("file {} not found", resolved.display()),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `[accounts.derived]`: 1..=MAX_SECRETS secrets with distinct ids and existing files,
+    /// non-empty prefixes that no ACS account starts with, a cache of at least 2 entries.
+    fn validate_derived(&self, text: &str, derived: &DerivedConfig) -> Result<(), ConfigError> {
+        use crate::auth::derived::MAX_SECRETS;
+        let secrets = derived.secrets.get_ref();
+        let secrets_error = |message: String| {
+            self.error_at(
+                text,
+                Some(&derived.secrets),
+                "accounts.derived.secrets",
+                message,
+            )
+        };
+        if secrets.is_empty() || secrets.len() > MAX_SECRETS {
+            return Err(secrets_error(format!(
+                "give 1 to {MAX_SECRETS} secrets (the current one first), found {}",
+                secrets.len()
+            )));
+        }
+        for (i, secret) in secrets.iter().enumerate() {
+            let valid_id = !secret.id.is_empty()
+                && secret
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            let secret_error = |message: String| {
+                self.error_at(
+                    text,
+                    Some(&secret.file),
+                    &format!("accounts.derived.secrets[{i}]"),
+                    message,
+                )
+            };
+            if !valid_id {
+                return Err(secret_error(format!(
+                    "id {:?} must be non-empty letters, digits, `-`, `_` or `.`",
+                    secret.id
+                )));
+            }
+            if secrets[..i].iter().any(|s| s.id == secret.id) {
+                return Err(secret_error(format!("id {:?} is given twice", secret.id)));
+            }
+            let resolved = self.resolve(secret.file.get_ref());
+            if !resolved.exists() {
+                return Err(secret_error(format!(
+                    "secret {:?}: file {} not found",
+                    secret.id,
+                    resolved.display()
+                )));
+            }
+        }
+        let prefixes = derived.username_prefixes.get_ref();
+        let prefixes_error = |message: String| {
+            self.error_at(
+                text,
+                Some(&derived.username_prefixes),
+                "accounts.derived.username_prefixes",
+                message,
+            )
+        };
+        if prefixes.is_empty() {
+            return Err(prefixes_error(
+                "give at least one prefix: only usernames starting with one are derived accounts"
+                    .into(),
+            ));
+        }
+        for prefix in prefixes {
+            if let Err(problem) = crate::auth::check_username(prefix) {
+                return Err(prefixes_error(format!("prefix {prefix:?}: {problem}")));
+            }
+            let lower = prefix.to_ascii_lowercase();
+            if let Some(acs) = self
+                .accounts
+                .acs
+                .iter()
+                .find(|acs| acs.to_ascii_lowercase().starts_with(&lower))
+            {
+                return Err(prefixes_error(format!(
+                    "prefix {prefix:?} covers the ACS account {acs:?} (accounts.acs): ACS \
+                     accounts must never be derived"
+                )));
+            }
+        }
+        if derived.cache_entries < 2 {
+            return Err(ConfigError {
+                file: self.origin.clone(),
+                line: text
+                    .find("cache_entries")
+                    .map(|o| line_of(text, o))
+                    .unwrap_or(0),
+                key: "accounts.derived.cache_entries".into(),
+                message: "must be at least 2".into(),
+            });
         }
         Ok(())
     }

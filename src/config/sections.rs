@@ -187,6 +187,34 @@ pub struct AccountsConfig {
     /// SASL EXTERNAL: how device certificates name their accounts.
     #[serde(default)]
     pub certificate: CertificateAccountsConfig,
+    /// Derived credentials: a CPE's password is computed from a secret and its username.
+    #[serde(default)]
+    pub derived: Option<DerivedConfig>,
+}
+
+/// `[accounts.derived]` (see src/auth/derived.rs for the function).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedConfig {
+    /// The secrets, the current one first (`crbroker derive-password` uses it); a login is
+    /// accepted with the password of any of them (rotation).
+    pub secrets: Spanned<Vec<DerivedSecretConfig>>,
+    /// A username is a derived account when it starts with one of these (required, non-empty,
+    /// so that ACS accounts are never covered by accident).
+    pub username_prefixes: Spanned<Vec<String>>,
+    /// Most accounts kept in memory with their derived SCRAM keys.
+    #[serde(default = "defaults::derived_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// One secret of `[accounts.derived]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedSecretConfig {
+    /// Names the secret in logs, errors and `derive-password --secret-id`.
+    pub id: String,
+    /// The file holding the secret (trailing newlines removed, at least 32 bytes).
+    pub file: Spanned<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -349,6 +377,9 @@ mod defaults {
     }
     pub fn log_level() -> toml::Spanned<String> {
         toml::Spanned::new(0..0, "info,crbroker::requests=warn".into())
+    }
+    pub fn derived_cache_entries() -> usize {
+        crate::auth::derived::DEFAULT_CACHE_ENTRIES
     }
     pub fn shutdown_timeout_secs() -> u64 {
         5

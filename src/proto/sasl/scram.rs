@@ -244,15 +244,48 @@ fn fake_keys<H: ScramHash>(server_secret: &[u8; 32], name: &str) -> KeyPair<H::K
     }
 }
 
-/// The keys to check the proof with: the account's (for a `plain:` account derived now, on its
-/// first SCRAM login, then cached), or an unknown user's fake ones.
-fn keys_for<H: ScramHash>(
+/// Whether `proof` proves knowledge of the ClientKey behind `keys.stored` (RFC 5802 §3:
+/// `ClientKey = proof XOR HMAC(StoredKey, AuthMessage)`, `H(ClientKey) == StoredKey`), compared
+/// in constant time.
+fn proof_matches<H: ScramHash>(
+    proof: &H::Key,
+    keys: &KeyPair<H::Key>,
+    auth_message: &[&[u8]],
+) -> Choice {
+    let client_signature = H::hmac(keys.stored.as_ref(), auth_message);
+    let mut client_key = *proof;
+    for (k, s) in client_key
+        .as_mut()
+        .iter_mut()
+        .zip(client_signature.as_ref())
+    {
+        *k ^= s;
+    }
+    H::hash(client_key.as_ref())
+        .as_ref()
+        .ct_eq(keys.stored.as_ref())
+}
+
+/// The ServerKey of the first of the account's key pairs the proof matches (a `plain:`
+/// account's keys derived now on its first SCRAM login, then cached; a derived account's
+/// candidates tried in order, each in constant time), or `None`. An unknown user's proof is
+/// checked against fake keys, the same work, and never matches.
+fn matching_server_key<H: ScramHash>(
     st: &ServerState<H>,
     accounts: &dyn Credentials,
-) -> (KeyPair<H::Key>, bool) {
+    proof: &H::Key,
+    auth_message: &[&[u8]],
+) -> Option<H::Key> {
     match accounts.lookup(&st.username).filter(|_| st.known) {
-        Some((_, account)) => (account.scram_keys::<H>(&st.params), true),
-        None => (fake_keys::<H>(&st.server_secret, &st.username), false),
+        Some((_, account)) => account
+            .scram_key_candidates::<H>(&st.params)
+            .find(|keys| bool::from(proof_matches::<H>(proof, keys, auth_message)))
+            .map(|keys| keys.server),
+        None => {
+            let keys = fake_keys::<H>(&st.server_secret, &st.username);
+            let _ = std::hint::black_box(proof_matches::<H>(proof, &keys, auth_message));
+            None
+        }
     }
 }
 
@@ -319,21 +352,8 @@ fn verify_final<H: ScramHash>(
         b",",
         without_proof.as_bytes(),
     ];
-    let (keys, known) = keys_for(st, accounts);
-    let client_signature = H::hmac(keys.stored.as_ref(), &auth_message);
-    let mut client_key = proof;
-    for (k, s) in client_key
-        .as_mut()
-        .iter_mut()
-        .zip(client_signature.as_ref())
-    {
-        *k ^= s;
-    }
-    let computed_stored = H::hash(client_key.as_ref());
-    let ok = computed_stored.as_ref().ct_eq(keys.stored.as_ref()) & Choice::from(u8::from(known));
-    let server_signature = H::hmac(keys.server.as_ref(), &auth_message);
-
-    if bool::from(ok) {
+    if let Some(server_key) = matching_server_key(st, accounts, &proof, &auth_message) {
+        let server_signature = H::hmac(server_key.as_ref(), &auth_message);
         let mut server_final = b"v=".to_vec();
         server_final.extend_from_slice(STANDARD.encode(server_signature).as_bytes());
         Ok(Step::Success {
@@ -430,7 +450,7 @@ mod tests {
 
     /// Full exchange; returns the final step.
     fn exchange<H: ScramHash>(
-        store: &AccountStore,
+        store: &dyn Credentials,
         gs2: &str,
         user: &str,
         password: &str,
@@ -601,8 +621,52 @@ mod tests {
     }
 
     fn both_hashes(f: impl Fn(&dyn Fn(&AccountStore, &str, &str, &str, bool) -> Step)) {
-        f(&exchange::<Sha1Scram>);
-        f(&exchange::<Sha256Scram>);
+        f(&|s, g, u, p, i| exchange::<Sha1Scram>(s, g, u, p, i));
+        f(&|s, g, u, p, i| exchange::<Sha256Scram>(s, g, u, p, i));
+    }
+
+    #[test]
+    fn a_derived_account_logs_in_with_any_candidate_and_derives_only_the_keys_it_reaches() {
+        use crate::auth::{Accounts, DerivedAccounts, DerivedSecret};
+        use std::sync::Arc;
+        let (new, old) = (
+            DerivedSecret::new("new", &[2; 32]).unwrap(),
+            DerivedSecret::new("old", &[1; 32]).unwrap(),
+        );
+        let (pw_new, pw_old) = (new.password("cpe-1"), old.password("cpe-1"));
+        let derived = Arc::new(DerivedAccounts::new(vec![new, old], ["cpe-"], 16));
+        let chain = Arc::new(Accounts::new(
+            Arc::new(AccountStore::new()),
+            vec![derived.clone()],
+        ));
+        let login = |user: &str| futures::executor::block_on(chain.resolve(user));
+        let keys_derived = || derived.account("cpe-1").unwrap().candidates_derived();
+        let cpe = login("cpe-1");
+        let ok = exchange::<Sha256Scram>(&cpe, "n,,", "cpe-1", &pw_new, true);
+        assert!(success("cpe-1")(&ok), "{ok:?}");
+        assert_eq!(
+            keys_derived(),
+            1,
+            "the first candidate matched: no PBKDF2 for the other"
+        );
+        let ok = exchange::<Sha256Scram>(&cpe, "n,,", "CPE-1", &pw_old, false);
+        assert!(success("cpe-1")(&ok), "{ok:?}");
+        assert_eq!(keys_derived(), 2);
+        for password in ["wrong", &pw_new[..42]] {
+            assert_eq!(
+                exchange::<Sha1Scram>(&cpe, "n,,", "cpe-1", password, true),
+                Step::Failure(Failure::NotAuthorized)
+            );
+        }
+        // Another CPE's password, and a username that does not qualify.
+        assert_eq!(
+            exchange::<Sha256Scram>(&login("cpe-2"), "n,,", "cpe-2", &pw_new, true),
+            Step::Failure(Failure::NotAuthorized)
+        );
+        assert_eq!(
+            exchange::<Sha256Scram>(&login("acs"), "n,,", "acs", &pw_new, true),
+            Step::Failure(Failure::NotAuthorized)
+        );
     }
 
     #[test]
