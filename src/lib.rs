@@ -56,6 +56,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("accounts.postgres: {0}")]
+    Postgres(#[from] auth::postgres::PgError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -120,6 +122,8 @@ impl Broker {
             ),
             false => None,
         };
+        let (stop_accepting, accepting_rx) = watch::channel(false);
+        let (stop_sessions, sessions_rx) = watch::channel(false);
         let accounts = reload::load_accounts(&config)?;
         tracing::info!(
             accounts = accounts.len(),
@@ -127,9 +131,15 @@ impl Broker {
             "accounts loaded"
         );
         let identity = tls::Identity::load_or_create(&config)?;
-        let (stop_accepting, accepting_rx) = watch::channel(false);
-        let (stop_sessions, sessions_rx) = watch::channel(false);
-        let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::file_only(accounts))));
+        let mut others: Vec<Arc<dyn auth::AccountSource>> = Vec::new();
+        let postgres = start_postgres(&config, &router, &stop_sessions)?;
+        if let Some(postgres) = &postgres {
+            others.push(postgres.clone());
+        }
+        let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::new(
+            Arc::new(accounts),
+            others,
+        ))));
         let ctx = Arc::new(Context::new(
             &config,
             router.clone(),
@@ -207,6 +217,9 @@ impl Broker {
         let reloader = Reloader::new(config, identity, generation, accounts, router.clone());
         if let Some((_, api, _)) = &ops {
             let _ = api.reloader.set(reloader.clone());
+            if let Some(postgres) = postgres {
+                let _ = api.accounts.set(postgres);
+            }
         }
         Ok(Broker {
             c2s_addrs,
@@ -291,6 +304,23 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(),
     tracing::info!("shutdown requested");
     broker.shutdown().await;
     Ok(())
+}
+
+/// The PostgreSQL account source of `[accounts.postgres]`, if configured, with its change feed
+/// running until the sessions stop. It connects lazily: the broker starts while the database is
+/// down (logins of its accounts get `<temporary-auth-failure/>` until it is back).
+fn start_postgres(
+    config: &Config,
+    router: &Arc<Router>,
+    stop: &watch::Sender<bool>,
+) -> Result<Option<Arc<auth::postgres::PostgresSource>>, StartError> {
+    let Some(settings) = &config.accounts.postgres else {
+        return Ok(None);
+    };
+    let pg_config = auth::postgres::connection_config(config)?;
+    let source = auth::postgres::PostgresSource::new(pg_config, settings)?;
+    source.start_feed(router.clone(), stop.subscribe());
+    Ok(Some(source))
 }
 
 /// Bind the ops listener and serve it (readiness: starting) until `stop`.

@@ -1,5 +1,6 @@
 //! The `crbroker` command: run the broker, check a config, or hash a password; the support-staff
-//! commands that talk to a running broker's API live in `cli/`.
+//! commands that talk to a running broker's API, and the `db` commands of the PostgreSQL account
+//! store, live in `cli/`.
 
 mod cli;
 
@@ -36,6 +37,11 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    /// The PostgreSQL account store: schema and bulk import/export ([accounts.postgres]).
+    Db {
+        #[command(subcommand)]
+        command: cli::db::DbCommand,
+    },
     #[command(flatten)]
     Api(cli::ApiCommand),
 }
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
             iterations,
         } => hash_password(&username, password, iterations),
         Command::Run => run(cli.config),
+        Command::Db { command } => cli::db::run(command, load_config(cli.config)),
         Command::Api(command) => cli::run(command, cli.config),
     }
 }

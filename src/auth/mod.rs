@@ -26,6 +26,7 @@
 mod account;
 pub(crate) mod crypto;
 mod file;
+pub mod postgres;
 mod source;
 
 #[cfg(test)]
@@ -34,6 +35,14 @@ pub(crate) use account::PlainScramCache;
 pub use account::ScramParams;
 pub(crate) use account::{derived_salt, KeyPair, ScramCredentials};
 pub use account::{hash_line, verify_plain, Account};
+
+/// Check a credential in the accounts file's syntax (`plain:…`, `scram:…`).
+///
+/// # Errors
+/// What is wrong with it, as for a line of the accounts file.
+pub fn check_credential(credential: &str) -> Result<(), LineProblem> {
+    account::parse_credential(credential).map(drop)
+}
 pub use file::{AccountDiff, AccountStore};
 pub use source::{
     AccountRole, AccountSource, Accounts, Credentials, LoginAccount, ResolveFuture, Resolved,

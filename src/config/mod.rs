@@ -303,6 +303,43 @@ impl Config {
                 }
             }
         }
+        if let Some(postgres) = &self.accounts.postgres {
+            let key = |leaf: &str| format!("accounts.postgres.{leaf}");
+            let problem = match (&postgres.url, &postgres.url_file) {
+                (None, None) => Some(("url", "give url or url_file")),
+                (Some(_), Some(_)) => Some(("url_file", "give url or url_file, not both")),
+                _ if postgres.pool_size == 0 => Some(("pool_size", "must be greater than 0")),
+                _ if postgres.cache_entries == 0 => {
+                    Some(("cache_entries", "must be greater than 0"))
+                }
+                _ if postgres.poll_interval_secs == 0 => {
+                    Some(("poll_interval_secs", "must be greater than 0"))
+                }
+                _ if postgres.query_timeout_ms == 0 => {
+                    Some(("query_timeout_ms", "must be greater than 0"))
+                }
+                _ => None,
+            };
+            if let Some((leaf, message)) = problem {
+                return Err(ConfigError {
+                    file: self.origin.clone(),
+                    line: find_line(leaf),
+                    key: key(leaf),
+                    message: message.into(),
+                });
+            }
+            if let Some(url) = &postgres.url {
+                if let Err(e) = url.expose().parse::<tokio_postgres::Config>() {
+                    // The parser's message never repeats the URL (it may hold a password).
+                    return Err(ConfigError {
+                        file: self.origin.clone(),
+                        line: find_line("url"),
+                        key: key("url"),
+                        message: format!("not a PostgreSQL connection URL: {e}"),
+                    });
+                }
+            }
+        }
         if let Some(file) = &self.accounts.file {
             let resolved = self.resolve(file.get_ref());
             if !resolved.exists() {
