@@ -162,7 +162,9 @@ async fn catch_up(
             tracing::warn!(
                 "account changes after {seen} were pruned before this broker read them: cache cleared"
             );
-            source.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            source
+                .epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             source.cache.invalidate_all();
             cursor.gaps.clear();
             cursor.max_seen = Some(newest);
@@ -202,9 +204,7 @@ async fn read_changes(
             break;
         }
     }
-    cursor
-        .gaps
-        .retain(|_, missed| missed.elapsed() < GAP_WAIT);
+    cursor.gaps.retain(|_, missed| missed.elapsed() < GAP_WAIT);
     if changed.is_empty() {
         return Ok(());
     }
@@ -241,7 +241,9 @@ async fn apply(
     client: &Client,
     changed: HashSet<String>,
 ) -> Result<(), PgError> {
-    source.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    source
+        .epoch
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut watched = Vec::new();
     for username in changed {
         let cached = source.cache.contains_key(username.as_str());

@@ -46,7 +46,8 @@ pub async fn import_file(
         )
     })?;
     // The same checks as the broker's own accounts file: line-numbered errors, no duplicates.
-    let checked = AccountStore::parse(&text, &origin).map_err(|e| PgError::Import(e.to_string()))?;
+    let checked =
+        AccountStore::parse(&text, &origin).map_err(|e| PgError::Import(e.to_string()))?;
     let lines = checked.len();
     drop(checked);
     let acs: Vec<String> = acs.iter().map(|u| u.to_ascii_lowercase()).collect();
@@ -72,7 +73,11 @@ pub async fn import_file(
         roles.clear();
         for (username, credential) in entries.by_ref().take(BATCH) {
             let username = username.to_ascii_lowercase();
-            roles.push(if acs.contains(&username) { "acs" } else { "cpe" });
+            roles.push(if acs.contains(&username) {
+                "acs"
+            } else {
+                "cpe"
+            });
             usernames.push(username);
             credentials.push(credential);
         }
@@ -104,9 +109,7 @@ pub async fn export_file(client: &Client, path: &Path) -> Result<usize, PgError>
     let mut after = String::new();
     let mut count = 0;
     loop {
-        let rows = client
-            .query(&statement, &[&after, &(BATCH as i64)])
-            .await?;
+        let rows = client.query(&statement, &[&after, &(BATCH as i64)]).await?;
         for row in &rows {
             let (username, credential): (&str, &str) = (row.get(0), row.get(1));
             writeln!(out, "{username} {credential}").map_err(write_error)?;

@@ -42,7 +42,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Errors of the PostgreSQL store.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -74,6 +74,17 @@ impl PgError {
             PgError::Db(e) => e.as_db_error().is_none(),
             _ => false,
         }
+    }
+}
+
+/// The server's own message when there is one (tokio-postgres shows only "db error").
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
     }
 }
 
@@ -161,7 +172,9 @@ pub fn connection_config(config: &Config) -> Result<tokio_postgres::Config, PgEr
 
 /// One connection outside any pool (the CLI's `db` commands, the change feed). Its driver task
 /// ends when the client is dropped.
-pub async fn connect(pg_config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, PgError> {
+pub async fn connect(
+    pg_config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, PgError> {
     let (client, connection) = pg_config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -114,10 +114,7 @@ async fn apply_missing(client: &mut Client) -> Result<Vec<i32>, PgError> {
 /// The newest version applied to the database, 0 when none.
 pub async fn current_version(client: &Client) -> Result<i32, PgError> {
     let row = client
-        .query_one(
-            "select coalesce(max(version), 0) from crbroker_schema",
-            &[],
-        )
+        .query_one("select coalesce(max(version), 0) from crbroker_schema", &[])
         .await?;
     Ok(row.get(0))
 }

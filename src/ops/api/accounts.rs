@@ -39,7 +39,8 @@ fn store(state: &ApiState) -> Result<&Arc<PostgresSource>, ApiError> {
 }
 
 fn checked_username(username: &str) -> Result<Box<str>, ApiError> {
-    normalize_username(username).map_err(|problem| ApiError::bad_request(format!("username: {problem}")))
+    normalize_username(username)
+        .map_err(|problem| ApiError::bad_request(format!("username: {problem}")))
 }
 
 fn database_error(error: PgError) -> ApiError {
@@ -50,7 +51,10 @@ fn database_error(error: PgError) -> ApiError {
         )
     } else {
         tracing::error!("account database: {error}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("account database: {error}"))
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("account database: {error}"),
+        )
     }
 }
 
@@ -71,7 +75,9 @@ pub async fn put(
                 )));
             }
             let line = hash_line(&username, &password, PLAIN_SCRAM_ITERATIONS);
-            line.split_once(' ').map(|(_, c)| c.to_string()).unwrap_or(line)
+            line.split_once(' ')
+                .map(|(_, c)| c.to_string())
+                .unwrap_or(line)
         }
         (None, Some(credential)) => {
             crate::auth::check_credential(&credential)
@@ -90,7 +96,11 @@ pub async fn put(
         .map_err(database_error)?;
     let info = store.get(&username).await.map_err(database_error)?;
     tracing::info!(%username, created, "account written by the API");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(info)).into_response())
 }
 

@@ -168,7 +168,7 @@ pub fn spec() -> serde_json::Value {
                     "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}},
                     "next_cursor": {"type": "string"},
                     "counts": {"type": "object", "properties": {"cpe": {"type": "integer"}, "acs_account": {"type": "integer"}, "component": {"type": "integer"}}}}},
-"Account": {"type": "object", "required": ["username", "role", "enabled", "kind", "updated_at"], "properties": {
+    "Account": {"type": "object", "required": ["username", "role", "enabled", "kind", "updated_at"], "properties": {
                     "username": {"type": "string"},
                     "role": {"type": "string", "enum": ["cpe", "acs"]},
                     "enabled": {"type": "boolean"},
