@@ -1,133 +1,22 @@
 //! The PostgreSQL account store against a real PostgreSQL that each test starts (tests/common/pg.rs):
 //! migrations, accounts written through the API and by SQL reaching logins at once, roles from
 //! the database, deleted and disabled accounts losing their sessions (pending requests answered),
-//! two brokers on one database, the database going away and coming back, bulk import/export with
-//! the real binary. Propagation times are printed (`--nocapture`) and bounded by assertions.
+//! two brokers on one database, polling after a lost notification, bulk import/export with the
+//! real binary (the database going away: tests/postgres_outage.rs). Propagation times are
+//! printed (`--nocapture`) and bounded by assertions.
 
 mod common;
 
 use common::peers::{self, Transport};
-use common::pg::TestPg;
+use common::pg::*;
 use common::*;
-use crbroker::config::Config;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Changes must reach the brokers through NOTIFY well within this; the tests set the polling
 /// safety net far above it, so only the notification can explain a pass.
 const NOTIFY_BOUND: Duration = Duration::from_secs(2);
-
-fn config(pg: &TestPg, options: &TestOptions, extra: &str) -> Config {
-    let text = format!(
-        "{}\n[accounts.postgres]\nurl = \"{}\"\n{extra}\n",
-        config_text(options),
-        pg.url()
-    );
-    Config::parse(&text, "test-config.toml", pki().dir.clone()).expect("test config")
-}
-
-/// A broker on `pg` whose polling safety net is slow (30 s): changes arrive by notification.
-async fn broker_on(pg: &TestPg) -> TestBroker {
-    TestBroker::start_config(config(
-        pg,
-        &TestOptions::default(),
-        "poll_interval_secs = 30",
-    ))
-    .await
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-async fn call(
-    broker: &TestBroker,
-    method: &str,
-    username: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    api(broker, method, &format!("/v1/accounts/{username}"), body).await
-}
-
-async fn api(
-    broker: &TestBroker,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = http()
-        .request(
-            method.parse().unwrap(),
-            format!("http://{}{path}", broker.ops),
-        )
-        .bearer_auth(API_TOKEN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// The first column of what `query` returns.
-async fn column<T>(client: &tokio_postgres::Client, query: &str) -> Vec<T>
-where
-    T: for<'a> tokio_postgres::types::FromSql<'a>,
-{
-    let rows = client.query(query, &[]).await.unwrap();
-    rows.iter().map(|row| row.get(0)).collect()
-}
-
-/// A migrated database of the test's and a broker on it.
-async fn migrated() -> (TestPg, TestBroker) {
-    let pg = TestPg::start().await;
-    pg.migrate().await;
-    let broker = broker_on(&pg).await;
-    (pg, broker)
-}
-
-async fn put(broker: &TestBroker, username: &str, body: Value) -> (StatusCode, Value) {
-    call(broker, "PUT", username, Some(body)).await
-}
-
-/// The SASL failure condition of a PLAIN login, None when it succeeds.
-async fn refusal(broker: &TestBroker, user: &str, password: &str) -> Option<String> {
-    try_login(broker, user, password).await.err()
-}
-
-/// A PLAIN login attempt on the STARTTLS listener: the bound JID, or the SASL failure condition.
-async fn try_login(broker: &TestBroker, user: &str, password: &str) -> Result<RawPeer, String> {
-    let mut peer = RawPeer::tcp(broker.addr(STARTTLS)).await.starttls().await;
-    peer.auth_plain(user, password).await?;
-    peer.bind(Some("cwmp")).await;
-    Ok(peer)
-}
-
-/// Retry a login until it gives `wanted` (Ok = logged in); returns how long that took.
-async fn login_until(
-    broker: &TestBroker,
-    user: &str,
-    password: &str,
-    wanted: Result<(), &str>,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let got = try_login(broker, user, password).await.map(drop);
-        if got.as_ref().map(|_| ()).map_err(String::as_str) == wanted {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < IO_TIMEOUT,
-            "{user}: still {got:?}, waiting for {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn migrate_is_idempotent_and_records_its_version() {
@@ -447,84 +336,6 @@ async fn a_lost_notification_is_made_up_by_polling() {
     let took = started.elapsed();
     println!("change without notification: applied by polling after {took:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    broker.shutdown().await;
-}
-
-/// PostgreSQL stopped: a cached account keeps logging in, an uncached one gets
-/// `<temporary-auth-failure/>` (not `<not-authorized/>`), the API answers 503, the broker stays
-/// healthy; PostgreSQL started again: everything works again.
-#[tokio::test]
-async fn database_outage_keeps_cached_accounts_and_recovers() {
-    let mut pg = TestPg::own().await;
-    pg.migrate().await;
-    let options = TestOptions {
-        login_delay_account_free: 100,
-        login_delay_address_free: 1000,
-        ..TestOptions::default()
-    };
-    let broker = TestBroker::start_config(config(
-        &pg,
-        &options,
-        "poll_interval_secs = 1\nquery_timeout_ms = 500",
-    ))
-    .await;
-    let client = pg.client().await;
-    client
-        .execute(
-            "insert into crbroker_accounts (username, credential) values
-                 ('cached', 'plain:pw'), ('uncached', 'plain:pw')",
-            &[],
-        )
-        .await
-        .unwrap();
-    drop(client);
-    // The change feed must have reached the database once (cache trusted), then `cached` is read.
-    login_until(&broker, "cached", "pw", Ok(())).await;
-    let (_live, _) = RawPeer::login(broker.addr(STARTTLS), "cached", "pw", Some("live")).await;
-
-    pg.stop();
-    let stopped = Instant::now();
-    for _ in 0..3 {
-        try_login(&broker, "cached", "pw")
-            .await
-            .expect("a cached account logs in while the database is down");
-    }
-    let started = Instant::now();
-    assert_eq!(
-        refusal(&broker, "uncached", "pw").await.as_deref(),
-        Some("temporary-auth-failure")
-    );
-    println!(
-        "database down: uncached login refused (temporary-auth-failure) in {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        refusal(&broker, "cached", "wrong").await.as_deref(),
-        Some("not-authorized"),
-        "a cached account's wrong password is still wrong"
-    );
-    let (status, body) = call(&broker, "GET", "cached", None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("unavailable"));
-    let health = http()
-        .get(format!("http://{}/healthz", broker.ops))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
-    println!("database down for {:?}", stopped.elapsed());
-
-    pg.restart().await;
-    let took = login_until(&broker, "uncached", "pw", Ok(())).await;
-    println!("database back: uncached account logged in after {took:?}");
-    let (status, _) = put(&broker, "newcomer", json!({"password": "pw"})).await;
-    assert_eq!(status, StatusCode::CREATED);
-    try_login(&broker, "newcomer", "pw")
-        .await
-        .expect("new account after the outage");
     broker.shutdown().await;
 }
 

@@ -5,6 +5,10 @@
 //! fails saying what to install.
 
 use super::binary::free_ports;
+use super::{config_text, pki, RawPeer, TestBroker, TestOptions, API_TOKEN, IO_TIMEOUT, STARTTLS};
+use crbroker::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -237,5 +241,119 @@ async fn wait_ready(url: &str) {
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Brokers on the test's database, the account API, logins.
+
+pub fn config(pg: &TestPg, options: &TestOptions, extra: &str) -> Config {
+    let text = format!(
+        "{}\n[accounts.postgres]\nurl = \"{}\"\n{extra}\n",
+        config_text(options),
+        pg.url()
+    );
+    Config::parse(&text, "test-config.toml", pki().dir.clone()).expect("test config")
+}
+
+/// A broker on `pg` whose polling safety net is slow (30 s): changes arrive by notification.
+pub async fn broker_on(pg: &TestPg) -> TestBroker {
+    TestBroker::start_config(config(
+        pg,
+        &TestOptions::default(),
+        "poll_interval_secs = 30",
+    ))
+    .await
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub async fn call(
+    broker: &TestBroker,
+    method: &str,
+    username: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    api(broker, method, &format!("/v1/accounts/{username}"), body).await
+}
+
+pub async fn api(
+    broker: &TestBroker,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http()
+        .request(
+            method.parse().unwrap(),
+            format!("http://{}{path}", broker.ops),
+        )
+        .bearer_auth(API_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The first column of what `query` returns.
+pub async fn column<T>(client: &tokio_postgres::Client, query: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let rows = client.query(query, &[]).await.unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// A migrated database of the test's and a broker on it.
+pub async fn migrated() -> (TestPg, TestBroker) {
+    let pg = TestPg::start().await;
+    pg.migrate().await;
+    let broker = broker_on(&pg).await;
+    (pg, broker)
+}
+
+pub async fn put(broker: &TestBroker, username: &str, body: Value) -> (StatusCode, Value) {
+    call(broker, "PUT", username, Some(body)).await
+}
+
+/// The SASL failure condition of a PLAIN login, None when it succeeds.
+pub async fn refusal(broker: &TestBroker, user: &str, password: &str) -> Option<String> {
+    try_login(broker, user, password).await.err()
+}
+
+/// A PLAIN login attempt on the STARTTLS listener: the bound JID, or the SASL failure condition.
+pub async fn try_login(broker: &TestBroker, user: &str, password: &str) -> Result<RawPeer, String> {
+    let mut peer = RawPeer::tcp(broker.addr(STARTTLS)).await.starttls().await;
+    peer.auth_plain(user, password).await?;
+    peer.bind(Some("cwmp")).await;
+    Ok(peer)
+}
+
+/// Retry a login until it gives `wanted` (Ok = logged in); returns how long that took.
+pub async fn login_until(
+    broker: &TestBroker,
+    user: &str,
+    password: &str,
+    wanted: Result<(), &str>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = try_login(broker, user, password).await.map(drop);
+        if got.as_ref().map(|_| ()).map_err(String::as_str) == wanted {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < IO_TIMEOUT,
+            "{user}: still {got:?}, waiting for {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
