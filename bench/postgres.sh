@@ -49,10 +49,13 @@ fi
 as_postgres() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups "$@"; else "$@"; fi; }
 
 PG_PID=
+POSTMASTER=
 BROKER_PID=
 cleanup() {
     [ -n "$BROKER_PID" ] && kill -TERM "$BROKER_PID" 2>/dev/null && wait "$BROKER_PID" 2>/dev/null
-    [ -n "$PG_PID" ] && kill -INT "$PG_PID" 2>/dev/null && wait "$PG_PID" 2>/dev/null
+    # Fast shutdown of the postmaster (PG_PID is only the shell that started it).
+    [ -n "$POSTMASTER" ] && kill -INT "$POSTMASTER" 2>/dev/null
+    [ -n "$PG_PID" ] && wait "$PG_PID" 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -74,6 +77,8 @@ for ((i = 0; i < 100; i++)); do
     psql "$URL" -Atc "select 1" >/dev/null 2>&1 && break
     sleep 0.1
 done
+# The postmaster itself ($! is the shell that started it).
+POSTMASTER=$(head -n 1 "$OUT/pg/data/postmaster.pid")
 
 say "configs and $N accounts under $OUT/cfg"
 "$BENCH" gen-config --out "$OUT/cfg" -n "$N" \
@@ -91,7 +96,7 @@ listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 # Clock ticks of the postmaster and its children.
 db_ticks() {
     local total=0 pid stat
-    for pid in $PG_PID $(pgrep -P "$PG_PID"); do
+    for pid in $POSTMASTER $(pgrep -P "$POSTMASTER"); do
         stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         stat=${stat##*) }
         set -- $stat

@@ -15,24 +15,12 @@ use std::time::{Duration, Instant};
 /// healthy; PostgreSQL started again: everything works again.
 #[tokio::test]
 async fn database_outage_keeps_cached_accounts_and_recovers() {
-    let mut pg = TestPg::own().await;
-    pg.migrate().await;
-    let broker = TestBroker::start_config(config(
-        &pg,
-        &no_login_delays(),
-        "poll_interval_secs = 1\nquery_timeout_ms = 500",
-    ))
+    let (mut pg, broker) = stoppable(
+        "",
+        "insert into crbroker_accounts (username, credential) values
+             ('cached', 'plain:pw'), ('uncached', 'plain:pw')",
+    )
     .await;
-    let client = pg.client().await;
-    client
-        .execute(
-            "insert into crbroker_accounts (username, credential) values
-                 ('cached', 'plain:pw'), ('uncached', 'plain:pw')",
-            &[],
-        )
-        .await
-        .unwrap();
-    drop(client);
     // The change feed must have reached the database once (cache trusted), then `cached` is read.
     login_until(&broker, "cached", "pw", Ok(())).await;
     let (_live, _) = RawPeer::login(broker.addr(STARTTLS), "cached", "pw", Some("live")).await;
@@ -87,22 +75,11 @@ async fn database_outage_keeps_cached_accounts_and_recovers() {
 /// their logins get `<temporary-auth-failure/>` too.
 #[tokio::test]
 async fn cached_accounts_stop_logging_in_stale_ttl_after_the_last_contact() {
-    let mut pg = TestPg::own().await;
-    pg.migrate().await;
-    let broker = TestBroker::start_config(config(
-        &pg,
-        &no_login_delays(),
-        "poll_interval_secs = 1\nstale_ttl_secs = 2\nquery_timeout_ms = 500",
-    ))
+    let (mut pg, broker) = stoppable(
+        "stale_ttl_secs = 2",
+        "insert into crbroker_accounts (username, credential) values ('brief', 'plain:pw')",
+    )
     .await;
-    pg.client()
-        .await
-        .execute(
-            "insert into crbroker_accounts (username, credential) values ('brief', 'plain:pw')",
-            &[],
-        )
-        .await
-        .unwrap();
     login_until(&broker, "brief", "pw", Ok(())).await;
     pg.stop();
     let stopped = Instant::now();
@@ -118,6 +95,21 @@ async fn cached_accounts_stop_logging_in_stale_ttl_after_the_last_contact() {
         "{took:?}"
     );
     broker.shutdown().await;
+}
+
+/// A cluster of the test's own, migrated, with `insert` run, and a broker on it that polls
+/// every second and gives up on a query after 500 ms (plus `extra` settings).
+async fn stoppable(extra: &str, insert: &str) -> (TestPg, TestBroker) {
+    let pg = TestPg::own().await;
+    pg.migrate().await;
+    let broker = TestBroker::start_config(config(
+        &pg,
+        &no_login_delays(),
+        &format!("poll_interval_secs = 1\nquery_timeout_ms = 500\n{extra}"),
+    ))
+    .await;
+    pg.client().await.execute(insert, &[]).await.unwrap();
+    (pg, broker)
 }
 
 /// Login delays out of the way: these tests fail logins on purpose.
