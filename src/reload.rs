@@ -533,6 +533,14 @@ mod tests {
     }
 
     #[test]
+    fn the_postgres_section_needs_a_restart() {
+        let old = parse("[accounts.postgres]\nurl = \"postgresql://h/db\"\n");
+        let new = parse("[accounts.postgres]\nurl = \"postgresql://h/db\"\npool_size = 2\n");
+        assert_eq!(restart_only_changes(&old, &new), vec!["accounts.postgres"]);
+        assert!(restart_only_changes(&old, &old).is_empty());
+    }
+
+    #[test]
     fn a_moved_listener_needs_a_restart() {
         let old = parse("");
         let new = parse_with("127.0.0.1:5223", "direct_tls", "");

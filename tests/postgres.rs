@@ -40,6 +40,31 @@ async fn migrate_is_idempotent_and_records_its_version() {
     assert!(refused.is_err());
 }
 
+/// A database `crbroker db migrate` has not prepared: logins get `<temporary-auth-failure/>`
+/// (the CPE retries); once migrated, logins work without a restart.
+#[tokio::test]
+async fn an_unmigrated_database_refuses_logins_temporarily_until_migrated() {
+    let pg = TestPg::start().await;
+    let broker = broker_on(&pg).await;
+    assert_eq!(
+        refusal(&broker, "early", "pw").await.as_deref(),
+        Some("temporary-auth-failure")
+    );
+    pg.migrate().await;
+    pg.client()
+        .await
+        .execute(
+            "insert into crbroker_accounts (username, credential) values ('early', 'plain:pw')",
+            &[],
+        )
+        .await
+        .unwrap();
+    try_login(&broker, "early", "pw")
+        .await
+        .expect("logs in once the schema exists");
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn accounts_put_through_the_api_log_in_at_once_with_plain_and_scram() {
     let (_pg, broker) = migrated().await;

@@ -448,6 +448,31 @@ mod tests {
     }
 
     #[test]
+    fn postgres_section_errors_name_the_key_and_never_the_url() {
+        let base = "[server]\ndomain = \"example.net\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nauto_create_dev_cert = true\n[accounts.postgres]\n";
+        let err = parse(&format!("{base}pool_size = 4\n")).unwrap_err();
+        assert_eq!(err.key, "accounts.postgres.url", "{err}");
+        let err = parse(&format!(
+            "{base}url = \"postgresql://u:hunter2@h:notaport/db\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("accounts.postgres.url", 8),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(&format!(
+            "{base}url = \"postgresql://h/db\"\ncache_entries = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "accounts.postgres.cache_entries", "{err}");
+        let config = parse(&format!("{base}url = \"postgresql://h/db\"\n")).unwrap();
+        let postgres = config.accounts.postgres.unwrap();
+        assert_eq!((postgres.pool_size, postgres.stale_ttl_secs), (8, 3600));
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let err = Config::load(Path::new("/nonexistent/crbroker.toml")).unwrap_err();
         assert!(

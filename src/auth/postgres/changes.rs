@@ -146,6 +146,15 @@ async fn catch_up(
     client: &Client,
     cursor: &mut Cursor,
 ) -> Result<(), PgError> {
+    // A database that `crbroker db migrate` has not prepared: say so (logins get
+    // temporary-auth-failure meanwhile), rather than failing on a missing table at each login.
+    let (found, needed) = (
+        super::current_version(client).await.unwrap_or(0),
+        super::latest_version(),
+    );
+    if found < needed {
+        return Err(PgError::Schema { found, needed });
+    }
     let row = client
         .query_one(
             "select coalesce(min(seq), 0), coalesce(max(seq), 0) from crbroker_account_changes",
