@@ -51,14 +51,8 @@ async fn an_unmigrated_database_refuses_logins_temporarily_until_migrated() {
         Some("temporary-auth-failure")
     );
     pg.migrate().await;
-    pg.client()
-        .await
-        .execute(
-            "insert into crbroker_accounts (username, credential) values ('early', 'plain:pw')",
-            &[],
-        )
-        .await
-        .unwrap();
+    pg.sql("insert into crbroker_accounts (username, credential) values ('early', 'plain:pw')")
+        .await;
     try_login(&broker, "early", "pw")
         .await
         .expect("logs in once the schema exists");
@@ -190,26 +184,15 @@ async fn the_role_stored_in_the_database_makes_an_acs_account() {
 #[tokio::test]
 async fn password_changed_by_sql_applies_within_the_notification_bound() {
     let (pg, broker) = migrated().await;
-    let client = pg.client().await;
-    client
-        .execute(
-            "insert into crbroker_accounts (username, credential) values ('sql-user', 'plain:old')",
-            &[],
-        )
-        .await
-        .unwrap();
+    pg.sql("insert into crbroker_accounts (username, credential) values ('sql-user', 'plain:old')")
+        .await;
     // Cached by this login.
     try_login(&broker, "sql-user", "old")
         .await
         .expect("first login");
     let changed = Instant::now();
-    client
-        .execute(
-            "update crbroker_accounts set credential = 'plain:new' where username = 'sql-user'",
-            &[],
-        )
-        .await
-        .unwrap();
+    pg.sql("update crbroker_accounts set credential = 'plain:new' where username = 'sql-user'")
+        .await;
     login_until(&broker, "sql-user", "new", Ok(())).await;
     let took = changed.elapsed();
     println!("password change by SQL: new password accepted after {took:?}");
@@ -226,7 +209,6 @@ async fn password_changed_by_sql_applies_within_the_notification_bound() {
 #[tokio::test]
 async fn deleted_or_disabled_accounts_lose_their_sessions_and_pending_requests_are_answered() {
     let (pg, broker) = migrated().await;
-    let client = pg.client().await;
     let mut acs = broker.raw_acs().await;
     let ways: [(&str, &str); 3] = [
         ("gone-api", "api"),
@@ -260,7 +242,7 @@ async fn deleted_or_disabled_accounts_lose_their_sessions_and_pending_requests_a
                 StatusCode::NO_CONTENT
             );
         } else {
-            assert_eq!(client.execute(how, &[]).await.unwrap(), 1);
+            assert_eq!(pg.sql(how).await, 1);
         }
         cpe.expect_stream_error("not-authorized").await;
         let closed = started.elapsed();
@@ -282,13 +264,8 @@ async fn deleted_or_disabled_accounts_lose_their_sessions_and_pending_requests_a
     acs.send(&format!("<iq type='get' id='after' from='{COMPONENT_DOMAIN}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
     assert_eq!(acs.element().await.attr("id"), Some("after"));
     // Enabled again: logs in again.
-    client
-        .execute(
-            "update crbroker_accounts set enabled = true where username = 'gone-off'",
-            &[],
-        )
-        .await
-        .unwrap();
+    pg.sql("update crbroker_accounts set enabled = true where username = 'gone-off'")
+        .await;
     login_until(&broker, "gone-off", "pw", Ok(())).await;
     broker.shutdown().await;
 }
@@ -337,13 +314,8 @@ async fn a_lost_notification_is_made_up_by_polling() {
     ))
     .await;
     let client = pg.client().await;
-    client
-        .execute(
-            "insert into crbroker_accounts (username, credential) values ('quiet', 'plain:pw')",
-            &[],
-        )
-        .await
-        .unwrap();
+    pg.sql("insert into crbroker_accounts (username, credential) values ('quiet', 'plain:pw')")
+        .await;
     let (mut cpe, _) = RawPeer::login(broker.addr(STARTTLS), "quiet", "pw", Some("cwmp")).await;
     let started = Instant::now();
     client

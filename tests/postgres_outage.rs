@@ -108,7 +108,7 @@ async fn stoppable(extra: &str, insert: &str) -> (TestPg, TestBroker) {
         &format!("poll_interval_secs = 1\nquery_timeout_ms = 500\n{extra}"),
     ))
     .await;
-    pg.client().await.execute(insert, &[]).await.unwrap();
+    pg.sql(insert).await;
     (pg, broker)
 }
 

@@ -131,6 +131,15 @@ impl TestPg {
             .expect("connect to the test database")
     }
 
+    /// Run one SQL statement on the test's database; how many rows it touched.
+    pub async fn sql(&self, statement: &str) -> u64 {
+        self.client()
+            .await
+            .execute(statement, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"))
+    }
+
     /// `crbroker db migrate` as a library call.
     pub async fn migrate(&self) -> Vec<i32> {
         let mut client = self.client().await;
