@@ -30,14 +30,21 @@ async fn migrate_is_idempotent_and_records_its_version() {
     )
     .await;
     assert_eq!(versions, vec![1]);
-    // The role is checked by the database itself.
-    let refused = client
-        .execute(
-            "insert into crbroker_accounts (username, credential, role) values ('x', 'plain:y', 'admin')",
-            &[],
+    // The database itself refuses a role it does not know and a username logins cannot find.
+    for refused in [
+        "insert into crbroker_accounts (username, credential, role) values ('x', 'plain:y', 'admin')",
+        "insert into crbroker_accounts (username, credential) values ('Upper', 'plain:y')",
+        "insert into crbroker_accounts (username, credential) values ('', 'plain:y')",
+    ] {
+        assert!(client.execute(refused, &[]).await.is_err(), "{refused}");
+    }
+    assert_eq!(
+        pg.sql(
+            "insert into crbroker_accounts (username, credential) values ('lower-é', 'plain:y')"
         )
-        .await;
-    assert!(refused.is_err());
+        .await,
+        1
+    );
 }
 
 /// A database `crbroker db migrate` has not prepared: logins get `<temporary-auth-failure/>`

@@ -11,7 +11,9 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     "accounts table, change log and its triggers",
     r#"
 create table crbroker_accounts (
-    username text primary key,
+    -- Stored as logins look it up: ASCII lower case (the broker folds only ASCII, like the file).
+    username text primary key
+        check (username !~ '[A-Z]' and octet_length(username) between 1 and 1023),
     -- The accounts file's syntax: plain:PASSWORD or scram:ITERATIONS:SALT:KEYS...
     credential text not null,
     role text not null default 'cpe' check (role in ('cpe', 'acs')),
