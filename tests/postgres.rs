@@ -308,6 +308,32 @@ async fn two_brokers_on_one_database_both_apply_a_change() {
     second.shutdown().await;
 }
 
+/// A change whose transaction commits after a later one (its change number is lower than one
+/// the broker has already read) still arrives: the hole in the numbers is read again.
+#[tokio::test]
+async fn a_change_committed_after_a_later_one_is_not_missed() {
+    let (pg, broker) = migrated().await;
+    pg.sql("insert into crbroker_accounts (username, credential) values ('slow', 'plain:pw'), ('fast', 'plain:pw')")
+        .await;
+    let (mut slow, _) = RawPeer::login(broker.addr(STARTTLS), "slow", "pw", Some("cwmp")).await;
+    let open = pg.client().await;
+    open.batch_execute("begin; delete from crbroker_accounts where username = 'slow'")
+        .await
+        .unwrap();
+    pg.sql("update crbroker_accounts set credential = 'plain:pw2' where username = 'fast'")
+        .await;
+    // The broker has read the later change...
+    login_until(&broker, "fast", "pw2", Ok(())).await;
+    // ...and now the earlier one commits.
+    let committed = Instant::now();
+    open.batch_execute("commit").await.unwrap();
+    slow.expect_stream_error("not-authorized").await;
+    let took = committed.elapsed();
+    println!("change committed out of order: session closed {took:?} after the commit");
+    assert!(took < NOTIFY_BOUND, "took {took:?}");
+    broker.shutdown().await;
+}
+
 /// A change made while notifications are not sent (triggers off, change row written by hand, as
 /// if the NOTIFY were lost) still arrives, through the polling safety net.
 #[tokio::test]
