@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::postgres::PostgresSource;
 use crate::auth::{AccountSource, AuthError, DerivedAccounts, DerivedSecret};
 use crate::config::Config;
 
@@ -16,6 +17,9 @@ use crate::config::Config;
 pub struct OtherSources {
     /// `[accounts.derived]`.
     pub derived: Option<Arc<DerivedAccounts>>,
+    /// `[accounts.postgres]`: started by `Broker::start` (it needs the router and the shutdown
+    /// signal) and carried over by every reload (its keys need a restart).
+    pub postgres: Option<Arc<PostgresSource>>,
 }
 
 impl OtherSources {
@@ -26,6 +30,7 @@ impl OtherSources {
     pub fn load(config: &Config) -> Result<OtherSources, AuthError> {
         Ok(OtherSources {
             derived: load_derived(config)?.map(Arc::new),
+            postgres: None,
         })
     }
 
@@ -47,7 +52,10 @@ impl OtherSources {
             }
             (new, _) => new.map(Arc::new),
         };
-        Ok(OtherSources { derived })
+        Ok(OtherSources {
+            derived,
+            postgres: self.postgres.clone(),
+        })
     }
 
     /// Whether the derived source differs from `other`'s (built anew, added or removed).
@@ -61,11 +69,15 @@ impl OtherSources {
 
     /// The sources in the order a login asks them (after the accounts file):
     /// 1. derived credentials: answered from memory, so a username with one of their prefixes
-    ///    never costs a round-trip to a later source.
+    ///    never costs a round-trip to a later source;
+    /// 2. PostgreSQL.
     pub fn chain(&self) -> Vec<Arc<dyn AccountSource>> {
         let mut chain: Vec<Arc<dyn AccountSource>> = Vec::new();
         if let Some(derived) = &self.derived {
             chain.push(derived.clone());
+        }
+        if let Some(postgres) = &self.postgres {
+            chain.push(postgres.clone());
         }
         chain
     }

@@ -59,6 +59,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("accounts.postgres: {0}")]
+    Postgres(#[from] auth::postgres::PgError),
     #[error("cannot listen on {address}: {source}{}", in_use_hint(source))]
     Bind {
         address: SocketAddr,
@@ -134,8 +136,10 @@ impl Broker {
             ),
             false => None,
         };
+        let (stop_accepting, accepting_rx) = watch::channel(false);
+        let (stop_sessions, sessions_rx) = watch::channel(false);
         let accounts = reload::load_accounts(&config)?;
-        let sources = OtherSources::load(&config)?;
+        let mut sources = OtherSources::load(&config)?;
         tracing::info!(
             accounts = accounts.len(),
             derived_secrets = sources.derived.as_ref().map_or(0, |d| d.secrets().len()),
@@ -143,8 +147,7 @@ impl Broker {
             "accounts loaded"
         );
         let identity = tls::Identity::load_or_create(&config)?;
-        let (stop_accepting, accepting_rx) = watch::channel(false);
-        let (stop_sessions, sessions_rx) = watch::channel(false);
+        sources.postgres = start_postgres(&config, &router, &stop_sessions)?;
         let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::new(
             Arc::new(accounts),
             sources.chain(),
@@ -232,6 +235,7 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "crbroker started"
         );
+        let postgres = sources.postgres.clone();
         let reloader = Reloader::new(
             config,
             identity,
@@ -243,6 +247,9 @@ impl Broker {
         );
         if let Some((_, api, _)) = &ops {
             let _ = api.reloader.set(reloader.clone());
+            if let Some(postgres) = postgres {
+                let _ = api.accounts.set(postgres);
+            }
         }
         Ok(Broker {
             c2s_addrs,
@@ -327,6 +334,23 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(),
     tracing::info!("shutdown requested");
     broker.shutdown().await;
     Ok(())
+}
+
+/// The PostgreSQL account source of `[accounts.postgres]`, if configured, with its change feed
+/// running until the sessions stop. It connects lazily: the broker starts while the database is
+/// down (logins of its accounts get `<temporary-auth-failure/>` until it is back).
+fn start_postgres(
+    config: &Config,
+    router: &Arc<Router>,
+    stop: &watch::Sender<bool>,
+) -> Result<Option<Arc<auth::postgres::PostgresSource>>, StartError> {
+    let Some(settings) = &config.accounts.postgres else {
+        return Ok(None);
+    };
+    let pg_config = auth::postgres::connection_config(config)?;
+    let source = auth::postgres::PostgresSource::new(pg_config, settings)?;
+    source.start_feed(router.clone(), stop.subscribe());
+    Ok(Some(source))
 }
 
 /// Bind the ops listener and serve it (readiness: starting) until `stop`.

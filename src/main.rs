@@ -1,6 +1,6 @@
 //! The `crbroker` command: run the broker, check a config, hash a password or print a derived
-//! one; the support-staff
-//! commands that talk to a running broker's API live in `cli/`.
+//! one; the support-staff commands that talk to a running broker's API, and the `db` commands of
+//! the PostgreSQL account store, live in `cli/`.
 
 mod cli;
 
@@ -45,6 +45,11 @@ enum Command {
         #[arg(long)]
         secret_id: Option<String>,
     },
+    /// The PostgreSQL account store: schema and bulk import/export ([accounts.postgres]).
+    Db {
+        #[command(subcommand)]
+        command: cli::db::DbCommand,
+    },
     #[command(flatten)]
     Api(cli::ApiCommand),
 }
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
             secret_id,
         } => derive_password(cli.config, &username, secret_id.as_deref()),
         Command::Run => run(cli.config),
+        Command::Db { command } => cli::db::run(command, load_config(cli.config)),
         Command::Api(command) => cli::run(command, cli.config),
     }
 }

@@ -34,10 +34,12 @@
 //! state computed with them; starting them afresh would hand a guesser a new budget), the
 //! connection caps (the counts admitted under the old caps would be checked against new ones),
 //! and `[requests]` (the pending table keeps deadlines in insertion order because the timeout
-//! is one constant). A file that changes any of these is refused as a whole, naming the keys:
+//! is one constant), and `[accounts.postgres]` (its pool, cache and change feed carry over a
+//! reload as they are). A file that changes any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
 use crate::account_sources::OtherSources;
+use crate::auth::postgres::AccountSessions;
 use crate::auth::{AccountDiff, AccountStore, Accounts};
 use crate::config::{Config, ConfigError};
 use crate::context::{self, Generation, ListenerSettings};
@@ -366,6 +368,23 @@ impl Inner {
     }
 }
 
+/// The change feed of a shared account store (PostgreSQL) closes the sessions of an account
+/// deleted or disabled there the way a reload closes those of an account removed from the file.
+impl AccountSessions for Router {
+    fn has_sessions(&self, username: &str) -> bool {
+        let bare = crate::jid::JidRef {
+            local: Some(username),
+            domain: self.domain(),
+            resource: None,
+        };
+        !self.sessions_of(&bare).is_empty()
+    }
+
+    fn close_account(&self, username: &str) -> usize {
+        Router::close_account(self, username, ACCOUNT_REMOVED)
+    }
+}
+
 /// The account store a configuration names: the accounts file, then the inline accounts.
 pub(crate) fn load_accounts(config: &Config) -> Result<AccountStore, crate::auth::AuthError> {
     let mut accounts = match &config.accounts.file {
@@ -480,6 +499,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if lower_sorted(&mut old.accounts.acs.iter()) != lower_sorted(&mut new.accounts.acs.iter()) {
         keys.push("accounts.acs".into());
     }
+    if old.accounts.postgres != new.accounts.postgres {
+        keys.push("accounts.postgres".into());
+    }
     push_differing!(
         keys,
         "limits.",
@@ -573,6 +595,14 @@ mod tests {
             changed_limits(&old, &new),
             vec!["limits.max_stanza_bytes", "limits.sasl_failure_floor_ms"]
         );
+    }
+
+    #[test]
+    fn the_postgres_section_needs_a_restart() {
+        let old = parse("[accounts.postgres]\nurl = \"postgresql://h/db\"\n");
+        let new = parse("[accounts.postgres]\nurl = \"postgresql://h/db\"\npool_size = 2\n");
+        assert_eq!(restart_only_changes(&old, &new), vec!["accounts.postgres"]);
+        assert!(restart_only_changes(&old, &old).is_empty());
     }
 
     #[test]

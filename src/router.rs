@@ -166,6 +166,18 @@ impl Router {
         closed
     }
 
+    /// Close (with the stream error `condition`) every bound session of one account: a lookup
+    /// of its bare JID, not a walk of all sessions. Returns how many were asked to close.
+    pub fn close_account(&self, username: &str, condition: &'static str) -> usize {
+        let bare = format!("{}@{}", username.to_ascii_lowercase(), self.domain);
+        self.clients.get(&bare).map_or(0, |sessions| {
+            sessions
+                .iter()
+                .filter(|session| session.outbox.close(condition))
+                .count()
+        })
+    }
+
     pub fn attach_component(&self, domain: &str, session: Arc<SessionHandle>) {
         self.components
             .entry(domain.to_ascii_lowercase())

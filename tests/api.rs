@@ -318,7 +318,9 @@ async fn openapi_document_matches_the_routes() {
     for (path, methods) in paths {
         for (method, operation) in methods.as_object().unwrap() {
             listed.push(format!("{} {path}", method.to_uppercase()));
-            let concrete = path.replace("{jid}", "nobody@example.net");
+            let concrete = path
+                .replace("{jid}", "nobody@example.net")
+                .replace("{username}", "nobody");
             let request = client()
                 .request(
                     method.to_uppercase().parse().unwrap(),
@@ -345,11 +347,14 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(
         listed,
         [
+            "DELETE /v1/accounts/{username}",
             "DELETE /v1/sessions/{jid}",
+            "GET /v1/accounts/{username}",
             "GET /v1/sessions",
             "GET /v1/sessions/{jid}",
             "POST /v1/connection-requests",
             "POST /v1/reload",
+            "PUT /v1/accounts/{username}",
         ]
     );
     // And nothing undocumented answers under /v1.
@@ -390,4 +395,34 @@ async fn reload_through_the_api() {
     assert!(message.contains("frobnicate"), "{message}");
     // Still serving.
     let (_cpe, _) = broker.cpe("cpe-0001").await;
+}
+
+/// Without `[accounts.postgres]` the accounts come from the file: the account routes answer 409
+/// and say how to make them writable; nothing else changes.
+#[tokio::test]
+async fn accounts_api_with_the_file_store_is_read_only() {
+    let broker = TestBroker::start().await;
+    for method in ["GET", "PUT", "DELETE"] {
+        let response = client()
+            .request(
+                method.parse().unwrap(),
+                url(&broker, "/v1/accounts/cpe-0001"),
+            )
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"password": "new-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{method}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"],
+            "the account store is read-only: accounts come from the accounts file; \
+             configure [accounts.postgres] to manage accounts through the API",
+            "{method}"
+        );
+    }
+    // The file account is untouched.
+    let (_cpe, jid) = broker.cpe("cpe-0001").await;
+    assert_eq!(jid, "cpe-0001@example.net/cwmp");
 }

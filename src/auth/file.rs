@@ -145,6 +145,18 @@ impl AccountStore {
         Ok(store)
     }
 
+    /// The `(username, credential)` fields of each account line of an accounts file's text, as
+    /// written (usernames not normalised); blank, comment and invalid lines are skipped, so
+    /// check the text with [`AccountStore::parse`] first (`crbroker db import` does).
+    pub fn lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+        text.strip_prefix('\u{feff}')
+            .unwrap_or(text)
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .filter_map(|line| split_line(line).ok())
+    }
+
     /// Add a `plain:` account (used for accounts given inline in the
     /// configuration). The username is normalised like in the file.
     ///
@@ -307,6 +319,14 @@ fn first_definition(text: &str, username: &str) -> Option<usize> {
 }
 
 fn parse_line(line: &str) -> Result<(Box<str>, Account), LineProblem> {
+    let (username, credential) = split_line(line)?;
+    let username = normalize_username(username)?;
+    let account = parse_credential(credential)?;
+    Ok((username, account))
+}
+
+/// The username and credential fields of an account line (trimmed, not a comment).
+fn split_line(line: &str) -> Result<(&str, &str), LineProblem> {
     let mut fields = line.split_whitespace();
     let username = fields.next().ok_or(LineProblem::EmptyUsername)?;
     let credential = match fields.next() {
@@ -318,9 +338,7 @@ fn parse_line(line: &str) -> Result<(Box<str>, Account), LineProblem> {
             return Err(LineProblem::TrailingText);
         }
     }
-    let username = normalize_username(username)?;
-    let account = parse_credential(credential)?;
-    Ok((username, account))
+    Ok((username, credential))
 }
 
 #[cfg(test)]

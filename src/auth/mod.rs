@@ -30,6 +30,7 @@ mod certificate;
 pub(crate) mod crypto;
 pub mod derived;
 mod file;
+pub mod postgres;
 mod source;
 
 #[cfg(test)]
@@ -40,6 +41,14 @@ pub(crate) use account::{derived_salt, KeyPair, ScramCredentials};
 pub use account::{hash_line, verify_plain, Account};
 pub use certificate::{CertificateError, CertificatePolicy};
 pub use derived::{DerivedAccounts, DerivedError, DerivedSecret};
+
+/// Check a credential in the accounts file's syntax (`plain:…`, `scram:…`).
+///
+/// # Errors
+/// What is wrong with it, as for a line of the accounts file.
+pub fn check_credential(credential: &str) -> Result<(), LineProblem> {
+    account::parse_credential(credential).map(drop)
+}
 pub use file::{AccountDiff, AccountStore};
 pub use source::{
     AccountRole, AccountSource, Accounts, Credentials, LoginAccount, ResolveFuture, Resolved,

@@ -3,9 +3,11 @@
 //! ops listener has no TLS) on a current-thread runtime and prints what a person reads, or the
 //! API's JSON with `--json`. Exit status: 0 done, 1 the answer is "no" (the CPE did not accept,
 //! is offline, nothing was closed, the reload was refused), 2 usage, connection or API errors.
-//! The token is sent as a sensitive header and never printed.
+//! The token is sent as a sensitive header and never printed. `db.rs`: the `crbroker db`
+//! commands (PostgreSQL store), which talk to the database, not to a broker.
 
 mod answers;
+pub mod db;
 
 use answers::{print_sessions, Closed, CrAnswer, Page, Presence, Reloaded};
 use clap::{Args, Subcommand};

@@ -334,6 +334,43 @@ impl Config {
         if let Some(derived) = &self.accounts.derived {
             self.validate_derived(text, derived)?;
         }
+        if let Some(postgres) = &self.accounts.postgres {
+            let key = |leaf: &str| format!("accounts.postgres.{leaf}");
+            let problem = match (&postgres.url, &postgres.url_file) {
+                (None, None) => Some(("url", "give url or url_file")),
+                (Some(_), Some(_)) => Some(("url_file", "give url or url_file, not both")),
+                _ if postgres.pool_size == 0 => Some(("pool_size", "must be greater than 0")),
+                _ if postgres.cache_entries == 0 => {
+                    Some(("cache_entries", "must be greater than 0"))
+                }
+                _ if postgres.poll_interval_secs == 0 => {
+                    Some(("poll_interval_secs", "must be greater than 0"))
+                }
+                _ if postgres.query_timeout_ms == 0 => {
+                    Some(("query_timeout_ms", "must be greater than 0"))
+                }
+                _ => None,
+            };
+            if let Some((leaf, message)) = problem {
+                return Err(ConfigError {
+                    file: self.origin.clone(),
+                    line: find_line(leaf),
+                    key: key(leaf),
+                    message: message.into(),
+                });
+            }
+            if let Some(url) = &postgres.url {
+                if let Err(e) = url.expose().parse::<tokio_postgres::Config>() {
+                    // The parser's message never repeats the URL (it may hold a password).
+                    return Err(ConfigError {
+                        file: self.origin.clone(),
+                        line: find_line("url"),
+                        key: key("url"),
+                        message: format!("not a PostgreSQL connection URL: {e}"),
+                    });
+                }
+            }
+        }
         if let Some(file) = &self.accounts.file {
             let resolved = self.resolve(file.get_ref());
             if !resolved.exists() {
@@ -602,6 +639,31 @@ mod tests {
             err.to_string().starts_with("test.toml:4: tls.cert:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn postgres_section_errors_name_the_key_and_never_the_url() {
+        let base = "[server]\ndomain = \"example.net\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nauto_create_dev_cert = true\n[accounts.postgres]\n";
+        let err = parse(&format!("{base}pool_size = 4\n")).unwrap_err();
+        assert_eq!(err.key, "accounts.postgres.url", "{err}");
+        let err = parse(&format!(
+            "{base}url = \"postgresql://u:hunter2@h:notaport/db\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("accounts.postgres.url", 8),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(&format!(
+            "{base}url = \"postgresql://h/db\"\ncache_entries = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "accounts.postgres.cache_entries", "{err}");
+        let config = parse(&format!("{base}url = \"postgresql://h/db\"\n")).unwrap();
+        let postgres = config.accounts.postgres.unwrap();
+        assert_eq!((postgres.pool_size, postgres.stale_ttl_secs), (8, 3600));
     }
 
     #[test]

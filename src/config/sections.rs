@@ -190,6 +190,9 @@ pub struct AccountsConfig {
     /// Derived credentials: a CPE's password is computed from a secret and its username.
     #[serde(default)]
     pub derived: Option<DerivedConfig>,
+    /// A PostgreSQL account store asked after the accounts file (README "PostgreSQL store").
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
 }
 
 /// `[accounts.derived]` (see src/auth/derived.rs for the function).
@@ -215,6 +218,34 @@ pub struct DerivedSecretConfig {
     pub id: String,
     /// The file holding the secret (trailing newlines removed, at least 32 bytes).
     pub file: Spanned<PathBuf>,
+}
+
+/// `[accounts.postgres]`: accounts in a PostgreSQL table, shared by every broker using it.
+/// All keys need a restart (the pool and the change feed are built once).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL (`postgresql://user:password@host:port/db`, or `host=/run/postgresql ...`).
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// A file holding the URL on its first line (for URLs with a password). Relative to the config.
+    #[serde(default)]
+    pub url_file: Option<Spanned<PathBuf>>,
+    /// Most pooled connections for logins and the API (the change feed has one more of its own).
+    #[serde(default = "defaults::pg_pool_size")]
+    pub pool_size: usize,
+    /// Most accounts (and unknown usernames) kept in memory.
+    #[serde(default = "defaults::pg_cache_entries")]
+    pub cache_entries: u64,
+    /// Seconds cached accounts keep logging in after the last contact with the database.
+    #[serde(default = "defaults::pg_stale_ttl_secs")]
+    pub stale_ttl_secs: u64,
+    /// Seconds between reads of the change table when no notification arrives (safety net).
+    #[serde(default = "defaults::pg_poll_interval_secs")]
+    pub poll_interval_secs: u64,
+    /// Milliseconds a login or API call waits for the database before giving up.
+    #[serde(default = "defaults::pg_query_timeout_ms")]
+    pub query_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -366,6 +397,21 @@ pub struct LogConfig {
 
 mod defaults {
     use super::{LogFormat, SaslMechanismName, TlsVersion};
+    pub fn pg_pool_size() -> usize {
+        8
+    }
+    pub fn pg_cache_entries() -> u64 {
+        1_000_000
+    }
+    pub fn pg_stale_ttl_secs() -> u64 {
+        3600
+    }
+    pub fn pg_poll_interval_secs() -> u64 {
+        5
+    }
+    pub fn pg_query_timeout_ms() -> u64 {
+        2000
+    }
     pub fn ops_enabled() -> bool {
         true
     }

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 pub mod binary;
 pub mod openssl;
 pub mod peers;
+pub mod pg;
 pub mod tls_peer;
 
 pub const DOMAIN: &str = "example.net";

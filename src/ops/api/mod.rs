@@ -1,8 +1,9 @@
-//! The JSON API under `/v1`, on the ops listener: connection requests, sessions, reload, and the
-//! OpenAPI document that describes them. Every route but the document needs a bearer token from
+//! The JSON API under `/v1`, on the ops listener: connection requests, sessions, reload, the
+//! accounts of the PostgreSQL store, and the OpenAPI document that describes them. Every route but the document needs a bearer token from
 //! `[ops] api_tokens` / `api_token_file` (compared in constant time, never logged); errors are
 //! JSON `{"error": {"status", "message"}}` with the message naming the bad field.
 
+mod accounts;
 pub mod entity;
 mod openapi;
 mod sessions;
@@ -34,6 +35,8 @@ pub struct ApiState {
     request_timeout: Duration,
     /// SIGHUP's work; set once the broker runs.
     pub reloader: std::sync::OnceLock<crate::reload::Reloader>,
+    /// The PostgreSQL account store, when configured (`/v1/accounts` writes to it).
+    pub accounts: std::sync::OnceLock<Arc<crate::auth::postgres::PostgresSource>>,
 }
 
 impl ApiState {
@@ -49,6 +52,7 @@ impl ApiState {
             tokens,
             request_timeout,
             reloader: std::sync::OnceLock::new(),
+            accounts: std::sync::OnceLock::new(),
         }
     }
 }
@@ -63,6 +67,12 @@ pub fn routes(state: Arc<ApiState>) -> axum::Router {
             get(sessions::show).delete(sessions::close),
         )
         .route("/v1/reload", post(reload))
+        .route(
+            "/v1/accounts/{username}",
+            get(accounts::show)
+                .put(accounts::put)
+                .delete(accounts::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     axum::Router::new()
         .route("/v1/openapi.json", get(openapi::document))

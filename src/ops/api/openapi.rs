@@ -20,12 +20,17 @@ pub fn spec() -> serde_json::Value {
         "description": "A CPE's JID: bare (every session of the account) or full (one session).",
         "schema": {"type": "string"}
     });
+    let username_param = serde_json::json!({
+        "name": "username", "in": "path", "required": true,
+        "description": "The account's username (the local part of its JID; ASCII case-insensitive).",
+        "schema": {"type": "string", "maxLength": 1023}
+    });
     serde_json::json!({
         "openapi": "3.0.3",
         "info": {
             "title": "crbroker API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Connection requests, sessions and reload of a running crbroker. \
+            "description": "Connection requests, sessions, reload and accounts (PostgreSQL store) of a running crbroker. \
                 Bearer token from [ops] api_tokens / api_token_file."
         },
         "security": [{"bearer": []}],
@@ -81,6 +86,46 @@ pub fn spec() -> serde_json::Value {
                     }
                 }
             },
+            "/v1/accounts/{username}": {
+                "get": {
+                    "summary": "An account of the PostgreSQL store (never its secret)",
+                    "parameters": [username_param.clone()],
+                    "responses": {
+                        "200": {"description": "The account", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}},
+                        "404": error_response("No such account"),
+                        "409": error_response("No [accounts.postgres]: the accounts file is read-only"),
+                        "503": error_response("The account database is unavailable"),
+                        "400": error_response("Not a valid username"),
+                        "401": error_response("Missing or unknown token")
+                    }
+                },
+                "put": {
+                    "summary": "Create or update an account; every broker on the database applies it (change feed)",
+                    "parameters": [username_param.clone()],
+                    "requestBody": {"required": true, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/AccountWrite"}}}},
+                    "responses": {
+                        "201": {"description": "Created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}},
+                        "200": {"description": "Updated", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}},
+                        "409": error_response("No [accounts.postgres]: the accounts file is read-only"),
+                        "503": error_response("The account database is unavailable"),
+                        "400": error_response("A field is missing or invalid (the message names it)"),
+                        "401": error_response("Missing or unknown token")
+                    }
+                },
+                "delete": {
+                    "summary": "Delete an account; its sessions on every broker are closed (<not-authorized/>), pending requests answered",
+                    "parameters": [username_param],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "404": error_response("No such account"),
+                        "409": error_response("No [accounts.postgres]: the accounts file is read-only"),
+                        "503": error_response("The account database is unavailable"),
+                        "400": error_response("Not a valid username"),
+                        "401": error_response("Missing or unknown token")
+                    }
+                }
+            },
             "/v1/reload": {
                 "post": {
                     "summary": "Reload the configuration (what SIGHUP does); says what changed",
@@ -123,7 +168,18 @@ pub fn spec() -> serde_json::Value {
                     "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}},
                     "next_cursor": {"type": "string"},
                     "counts": {"type": "object", "properties": {"cpe": {"type": "integer"}, "acs_account": {"type": "integer"}, "component": {"type": "integer"}}}}},
-                "Closed": {"type": "object", "properties": {"jid": {"type": "string"}, "closed": {"type": "integer"}}}
+    "Account": {"type": "object", "required": ["username", "role", "enabled", "kind", "updated_at"], "properties": {
+                    "username": {"type": "string"},
+                    "role": {"type": "string", "enum": ["cpe", "acs"]},
+                    "enabled": {"type": "boolean"},
+                    "kind": {"type": "string", "enum": ["plain", "scram"], "description": "How the credential is stored"},
+                    "updated_at": {"type": "string", "format": "date-time"}}},
+                "AccountWrite": {"type": "object", "description": "Exactly one of password and credential. role and enabled keep their stored values (new accounts: cpe, true) when absent.", "properties": {
+                    "password": {"type": "string", "maxLength": 1024, "description": "Stored as SCRAM (PBKDF2, 4096 iterations)"},
+                    "credential": {"type": "string", "description": "plain:PASSWORD or scram:... as in the accounts file (crbroker hash-password)"},
+                    "role": {"type": "string", "enum": ["cpe", "acs"]},
+                    "enabled": {"type": "boolean"}}},
+                                "Closed": {"type": "object", "properties": {"jid": {"type": "string"}, "closed": {"type": "integer"}}}
             }
         }
     })
