@@ -1,0 +1,241 @@
+//! Cluster mode: a real nats-server and real broker processes (the binary), real CPEs and ACS
+//! components over TCP/TLS. Each test starts its own NATS server on a free port.
+
+mod common;
+
+use common::binary::{start_binary, wait_listening, Running};
+use common::nats::Nats;
+use common::*;
+use crbroker::xml::Element;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+struct Node {
+    process: Running,
+    c2s: SocketAddr,
+    component: SocketAddr,
+}
+
+/// A broker process in the cluster of `nats`, named `name`, with the default cluster timings.
+async fn node(nats: &Nats, name: &str) -> Node {
+    let text = format!(
+        "{}\n[cluster]\nservers = [\"{}\"]\nnode = \"{name}\"\n",
+        config_text(&TestOptions::default()),
+        nats.url()
+    );
+    let (process, addrs) = start_binary(&text);
+    wait_listening(addrs[0]).await;
+    wait_listening(addrs[4]).await;
+    Node {
+        process,
+        c2s: addrs[0],
+        component: addrs[4],
+    }
+}
+
+impl Node {
+    async fn cpe(&self, user: &str) -> (RawPeer, String) {
+        RawPeer::login(self.c2s, user, &cpe_password(user), Some("cwmp")).await
+    }
+
+    async fn acs(&self) -> RawPeer {
+        let mut acs = RawPeer::component(self.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
+        acs.expect_handshake_ok().await;
+        acs
+    }
+}
+
+fn request(id: &str, to: &str) -> String {
+    connection_request(id, to, Some(COMPONENT_DOMAIN), "acs-user", "acs-pass")
+}
+
+/// Send connection requests for `to` until one reaches `cpe` (a new session's subscription takes
+/// a moment to reach NATS; until then the answer is `service-unavailable`). Returns the ACS's
+/// id and the request as the CPE got it.
+async fn request_reaching(acs: &mut RawPeer, cpe: &mut RawPeer, to: &str) -> (String, Element) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in 0.. {
+        let id = format!("cr-{n}");
+        acs.send(&request(&id, to)).await;
+        tokio::select! {
+            seen = cpe.element() => return (id, seen),
+            answer = acs.element() => {
+                assert_eq!(answer.attr("id"), Some(id.as_str()));
+                assert_eq!(error_condition(&answer).as_deref(), Some("service-unavailable"), "{answer:?}");
+                assert!(Instant::now() < deadline, "the CPE never became reachable across nodes");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// The CPE answers `seen` with a result; the ACS gets it under its own id `acs_id`.
+async fn answer_and_expect_result(
+    cpe: &mut RawPeer,
+    seen: &Element,
+    acs: &mut RawPeer,
+    acs_id: &str,
+) {
+    answer_result(cpe, seen.attr("id").unwrap()).await;
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(acs_id), "{answer:?}");
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_request_reaches_a_cpe_on_another_node_and_its_answer_comes_back() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
+    let mut acs = a.acs().await;
+    let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    assert_eq!(seen.attr("to"), Some(jid.as_str()));
+    assert_eq!(seen.attr("from"), Some(COMPONENT_DOMAIN));
+    let wire_id = seen.attr("id").unwrap().to_string();
+    assert!(
+        wire_id.starts_with("crb-"),
+        "a broker id across nodes: {wire_id}"
+    );
+    answer_result(&mut cpe, &wire_id).await;
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
+    assert_eq!(answer.attr("from"), Some(jid.as_str()));
+    assert_eq!(answer.attr("to"), Some(COMPONENT_DOMAIN));
+    // Once answered, a duplicate answer from the CPE is not delivered a second time.
+    answer_result(&mut cpe, &wire_id).await;
+    // A CPE logged in nowhere: answered at once (NATS: no responders).
+    let started = Instant::now();
+    acs.send(&request("nobody", "cpe-0002@example.net/cwmp"))
+        .await;
+    let offline = acs.element().await;
+    assert_eq!(
+        offline.attr("id"),
+        Some("nobody"),
+        "no duplicate answer came first"
+    );
+    assert_eq!(
+        error_condition(&offline).as_deref(),
+        Some("service-unavailable")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_remote_session_that_ends_answers_its_pending_request_at_once() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(3)).await;
+    let mut acs = a.acs().await;
+    let (acs_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    let started = Instant::now();
+    drop(cpe);
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_login_on_another_node_replaces_the_session_and_takes_its_requests() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let user = cpe_user(4);
+    let (mut old, jid) = a.cpe(&user).await;
+    let mut acs = b.acs().await;
+    // The old session on A has a request pending from B when the new login comes.
+    let (pending_id, _) = request_reaching(&mut acs, &mut old, &jid).await;
+    let (mut new, new_jid) = b.cpe(&user).await;
+    assert_eq!(new_jid, jid, "the same full JID on every node");
+    old.expect_stream_error("conflict").await;
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(pending_id.as_str()));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    // Requests now reach the new session, from either node.
+    acs.send(&request("to-new", &jid)).await;
+    let seen = new.element().await;
+    answer_and_expect_result(&mut new, &seen, &mut acs, "to-new").await;
+    let mut acs_a = a.acs().await;
+    let (id, seen) = request_reaching(&mut acs_a, &mut new, &jid).await;
+    answer_and_expect_result(&mut new, &seen, &mut acs_a, &id).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_has_its_requests_answered_within_the_bound_and_its_cpes_come_back() {
+    let nats = Nats::start();
+    let (a, mut b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let user = cpe_user(5);
+    let (mut cpe, jid) = b.cpe(&user).await;
+    let mut acs = a.acs().await;
+    let (acs_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    // A second node's heartbeat must have been heard before it can be missed: the ack was one.
+    let killed = Instant::now();
+    b.process.child.kill().unwrap(); // SIGKILL
+    b.process.child.wait().unwrap();
+    let answer = acs.element().await;
+    let waited = killed.elapsed();
+    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    // The stated bound: node_timeout_ms (3 s) plus the 100 ms loss check.
+    assert!(waited <= Duration::from_millis(3100 + 400), "{waited:?}");
+    // The CPE reconnects to the surviving node and is reachable again.
+    assert!(cpe.closed().await);
+    let (mut cpe, jid) = a.cpe(&user).await;
+    let (id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
+}
+
+#[tokio::test]
+async fn requests_during_a_nats_restart_get_an_error_and_work_again_after() {
+    let mut nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(6)).await;
+    let mut acs = a.acs().await;
+    let (pending_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    nats.stop();
+    // The request waiting on node B is answered when A loses NATS: its answer cannot come back.
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(pending_id.as_str()));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    // In the gap: answered at once, never silence.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    acs.send(&request("in-the-gap", &jid)).await;
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some("in-the-gap"));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    nats.start_again();
+    // Both nodes reconnect and re-subscribe: the CPE on B is reachable from A again.
+    let (id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
+}
