@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::binary::{start_binary, wait_listening, Running};
+use common::binary::{start_binary, wait_listening, with_ops_port, Running};
 use common::nats::Nats;
 use common::*;
 use crbroker::xml::Element;
@@ -14,13 +14,14 @@ struct Node {
     process: Running,
     c2s: SocketAddr,
     component: SocketAddr,
+    ops: SocketAddr,
 }
 
 /// A broker process in the cluster of `nats`, named `name`, with the default cluster timings.
 async fn node(nats: &Nats, name: &str) -> Node {
+    let (text, ops) = with_ops_port(&config_text(&TestOptions::default()));
     let text = format!(
-        "{}\n[cluster]\nservers = [\"{}\"]\nnode = \"{name}\"\n",
-        config_text(&TestOptions::default()),
+        "{text}\n[cluster]\nservers = [\"{}\"]\nnode = \"{name}\"\n",
         nats.url()
     );
     let (process, addrs) = start_binary(&text);
@@ -30,6 +31,7 @@ async fn node(nats: &Nats, name: &str) -> Node {
         process,
         c2s: addrs[0],
         component: addrs[4],
+        ops,
     }
 }
 
@@ -238,4 +240,108 @@ async fn requests_during_a_nats_restart_get_an_error_and_work_again_after() {
     // Both nodes reconnect and re-subscribe: the CPE on B is reachable from A again.
     let (id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
     answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
+}
+
+#[tokio::test]
+async fn a_bare_jid_request_goes_to_the_most_recent_session_in_the_cluster() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let user = cpe_user(7);
+    let password = cpe_password(&user);
+    let (mut older, older_jid) = RawPeer::login(a.c2s, &user, &password, Some("r1")).await;
+    let mut acs = a.acs().await;
+    let bare = format!("{user}@{DOMAIN}");
+    // Reachable by its bare JID while it is the only session.
+    let (id, seen) = request_reaching(&mut acs, &mut older, &bare).await;
+    assert_eq!(seen.attr("to"), Some(older_jid.as_str()));
+    answer_and_expect_result(&mut older, &seen, &mut acs, &id).await;
+    let (mut newer, newer_jid) = RawPeer::login(b.c2s, &user, &password, Some("r2")).await;
+    // B's `bound` event reaches A asynchronously; then A sends bare-JID requests to B even
+    // though it holds a session of that account itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    acs.send(&request("bare", &bare)).await;
+    let seen = newer.element().await;
+    assert_eq!(seen.attr("to"), Some(newer_jid.as_str()));
+    answer_and_expect_result(&mut newer, &seen, &mut acs, "bare").await;
+    // The older session is still there for its own full JID.
+    acs.send(&request("full", &older_jid)).await;
+    let seen = older.element().await;
+    answer_and_expect_result(&mut older, &seen, &mut acs, "full").await;
+}
+
+#[tokio::test]
+async fn unsolicited_cpe_stanzas_reach_an_acs_attached_to_another_node_and_back() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut acs = a.acs().await;
+    let (mut cpe, jid) = b.cpe(&cpe_user(8)).await;
+    // The ACS's queue subscription on A may take a moment to reach NATS: inform until it arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        cpe.send(&format!(
+            "<message to='{COMPONENT_DOMAIN}' id='inform'><body>boot</body></message>"
+        ))
+        .await;
+        let next = tokio::time::timeout(Duration::from_millis(300), acs.element()).await;
+        if let Ok(message) = next {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "the stanza never crossed nodes");
+    };
+    assert_eq!(got.name, "message");
+    assert_eq!(
+        got.attr("from"),
+        Some(jid.as_str()),
+        "the true from, stamped on node B"
+    );
+    // The ACS's reply (a stanza to the CPE's full JID) goes back to node B.
+    acs.send(&format!(
+        "<message from='{COMPONENT_DOMAIN}' to='{jid}' id='reply'><body>ok</body></message>"
+    ))
+    .await;
+    let reply = cpe.element().await;
+    assert_eq!(reply.attr("id"), Some("reply"));
+    assert_eq!(reply.attr("from"), Some(COMPONENT_DOMAIN));
+}
+
+#[tokio::test]
+async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(9)).await;
+    let mut component = a.acs().await;
+    let (id, seen) = request_reaching(&mut component, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut component, &id).await;
+    // An ACS client account on node A (its `from` stamped by A).
+    let (mut account, account_jid) =
+        RawPeer::login(a.c2s, ACS_USER, ACS_PASSWORD, Some("acs")).await;
+    account
+        .send(&connection_request("by-account", &jid, None, "u", "p"))
+        .await;
+    let seen = cpe.element().await;
+    assert_eq!(seen.attr("from"), Some(account_jid.as_str()));
+    answer_and_expect_result(&mut cpe, &seen, &mut account, "by-account").await;
+    // The HTTP API of node A.
+    wait_listening(a.ops).await;
+    let url = format!("http://{}/v1/connection-requests", a.ops);
+    let body = serde_json::json!({"to": jid, "username": "u", "password": "p"});
+    let call = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    let seen = cpe.element().await;
+    answer_result(&mut cpe, seen.attr("id").unwrap()).await;
+    let (status, answer) = call.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "result", "{answer}");
+    assert_eq!(answer["jid"], jid.as_str());
 }

@@ -281,6 +281,10 @@ impl RemoteDelivery for Cluster {
         Ok(())
     }
 
+    fn newer_elsewhere(&self, bare: &str) -> bool {
+        presence::newer_elsewhere(self, bare)
+    }
+
     fn forward_to_cpe(&self, to: &JidRef, stanza: Element) {
         let payload = wire::encode(self.header(Kind::Stanza, "", 0), Some(&stanza));
         if !self.publish(subjects::cpe(&to.bare()), payload) {

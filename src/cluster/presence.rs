@@ -99,13 +99,14 @@ pub(super) fn holds(shared: &Cluster, router: &Router, to: &JidRef) -> bool {
     if router.sessions_of(to).is_empty() {
         return false;
     }
-    if to.resource.is_some() {
-        return true;
-    }
-    let bare = to.bare();
-    shared.presence.get(bare.as_ref()).is_some_and(|held| {
+    to.resource.is_some() || !newer_elsewhere(shared, &to.bare())
+}
+
+/// Whether another node announced a session of `bare` more recent than every one here.
+pub(super) fn newer_elsewhere(shared: &Cluster, bare: &str) -> bool {
+    shared.presence.get(bare).is_some_and(|held| {
         let newest_here = held.sessions.iter().map(|(_, s)| *s).max().unwrap_or(0);
-        newest_here >= held.newest_elsewhere
+        held.newest_elsewhere > newest_here
     })
 }
 

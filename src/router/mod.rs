@@ -398,8 +398,14 @@ impl Router {
         let acs_id = request.attr("id").unwrap_or_default().to_string();
         let to_attr = request.attr("to").unwrap_or_default().to_string();
         let started = Instant::now();
+        let remote = self.remote_for(acs);
+        if let Some(remote) =
+            remote.filter(|r| to.resource.is_none() && r.newer_elsewhere(&to.bare()))
+        {
+            return self.relay_remote(remote, acs, request, to, started);
+        }
         let Some(cpe) = self.find_client(to) else {
-            if let Some(remote) = self.remote_for(acs) {
+            if let Some(remote) = remote {
                 return self.relay_remote(remote, acs, request, to, started);
             }
             self.stats.request_done(CrOutcome::Offline, started);

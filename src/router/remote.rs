@@ -28,6 +28,9 @@ pub struct RemoteUnavailable;
 pub trait RemoteDelivery: Send + Sync {
     /// Send pending request `key` (its id already the broker id) to the node holding `to`.
     fn request(&self, key: u64, to: &JidRef, request: Element) -> Result<(), RemoteUnavailable>;
+    /// Whether another node announced a more recent session of bare JID `bare` than any here
+    /// (a bare-JID request goes to the most recent session cluster-wide).
+    fn newer_elsewhere(&self, bare: &str) -> bool;
     /// A stanza for a CPE on another node; nothing is answered.
     fn forward_to_cpe(&self, to: &JidRef, stanza: Element);
     /// A stanza for an ACS entity (component domain or ACS account bare JID) attached elsewhere.
