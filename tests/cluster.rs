@@ -344,4 +344,25 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outcome"], "result", "{answer}");
     assert_eq!(answer["jid"], jid.as_str());
+    // Node A's metrics: connected to NATS, three requests sent to another node, three answers
+    // relayed back to it.
+    let metrics = reqwest::get(format!("http://{}/metrics", a.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+            .to_string()
+    };
+    assert_eq!(value("crbroker_cluster_connected"), "1");
+    let sent: u64 = value("crbroker_cluster_requests_sent_total")
+        .parse()
+        .unwrap();
+    assert!(sent >= 3, "{sent}");
+    assert_eq!(value("crbroker_cluster_answers_received_total"), "3");
 }

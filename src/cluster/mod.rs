@@ -55,7 +55,7 @@ use crate::xml::{Element, FramerLimits};
 use async_nats::connection::State;
 use dashmap::DashMap;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -214,12 +214,16 @@ fn events(
     move |event| {
         match event {
             async_nats::Event::Disconnected => {
+                stats.cluster_connected.store(0, Ordering::Relaxed);
                 tracing::warn!("cluster: NATS connection lost; requests for other nodes are answered service-unavailable until it is back");
                 if let Some(router) = router.upgrade() {
                     router.remote_all_lost();
                 }
             }
-            async_nats::Event::Connected => tracing::info!("cluster: connected to NATS"),
+            async_nats::Event::Connected => {
+                stats.cluster_connected.store(1, Ordering::Relaxed);
+                tracing::info!("cluster: connected to NATS");
+            }
             async_nats::Event::SlowConsumer(sid) => {
                 Stats::bump(&stats.cluster_messages_dropped);
                 tracing::warn!(

@@ -123,6 +123,8 @@ counters! {
     cluster_nodes_lost,
     /// Cluster messages dropped: malformed, or a queue toward this node full (NATS slow consumer).
     cluster_messages_dropped,
+    /// 1 while this node is connected to NATS (cluster mode), else 0.
+    cluster_connected,
 }
 
 impl Stats {
