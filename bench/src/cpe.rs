@@ -54,8 +54,17 @@ impl CpeCounters {
     }
 }
 
+/// The account number of CPE index 0 (`--first-account`): several tool processes log in disjoint
+/// accounts, e.g. one per node of a cluster. Set once, before any login.
+static FIRST_ACCOUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn set_first_account(first: usize) {
+    FIRST_ACCOUNT.store(first, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn username(index: usize) -> String {
-    format!("cpe-{index:06}")
+    let first = FIRST_ACCOUNT.load(std::sync::atomic::Ordering::Relaxed);
+    format!("cpe-{:06}", first + index)
 }
 
 /// Source address of client `index`: 127.1.0.1 upward, 250 hosts per /24, so that every

@@ -137,6 +137,14 @@ struct RunArgs {
     /// PID of the broker, for RSS (VmRSS) and CPU (utime+stime) figures.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// More processes whose CPU counts as the broker's (repeatable): the other nodes of a
+    /// cluster and nats-server, so "broker CPU per CR" covers the whole cluster.
+    #[arg(long)]
+    cpu_pid: Vec<u32>,
+    /// Account number of the first CPE (cpe-<first> ...): disjoint accounts for several tool
+    /// processes at once.
+    #[arg(long, default_value_t = 0)]
+    first_account: usize,
     /// Seconds to let the sessions idle before the memory figure.
     #[arg(long, default_value_t = 3.0)]
     settle_secs: f64,
@@ -291,6 +299,8 @@ fn table(files: &[PathBuf]) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    cpe::set_first_account(args.first_account);
+    procstat::set_extra_cpu_pids(args.cpu_pid.clone());
     for addr in [args.c2s, args.component_addr]
         .into_iter()
         .chain(args.scrape)
