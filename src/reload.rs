@@ -27,7 +27,7 @@
 //! state computed with them; starting them afresh would hand a guesser a new budget), the
 //! connection caps (the counts admitted under the old caps would be checked against new ones),
 //! and `[requests]` (the pending table keeps deadlines in insertion order because the timeout
-//! is one constant). A file that changes any of these is refused as a whole, naming the keys:
+//! is one constant), and `[cluster]` (the NATS connection and this node's identity). A file that changes any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
 use crate::auth::{AccountDiff, AccountStore, Accounts};
@@ -415,6 +415,14 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if lower_sorted(&mut old.accounts.acs.iter()) != lower_sorted(&mut new.accounts.acs.iter()) {
         keys.push("accounts.acs".into());
     }
+    let same_cluster = match (&old.cluster, &new.cluster) {
+        (None, None) => true,
+        (Some(was), Some(now)) => was.same_as(now),
+        _ => false,
+    };
+    if !same_cluster {
+        keys.push("cluster".into());
+    }
     push_differing!(
         keys,
         "limits.",
@@ -518,5 +526,18 @@ mod tests {
             restart_only_changes(&old, &new),
             vec!["listener[0].address", "listener[0].kind"]
         );
+    }
+
+    #[test]
+    fn the_cluster_section_needs_a_restart_but_its_place_in_the_file_does_not() {
+        let cluster = "[cluster]\nservers = [\"nats://127.0.0.1:4222\"]\nnode = \"n1\"\n";
+        let old = parse(cluster);
+        assert!(restart_only_changes(&old, &parse(&format!("\n\n{cluster}"))).is_empty());
+        let renamed = cluster.replace("n1", "n2");
+        assert_eq!(
+            restart_only_changes(&old, &parse(&renamed)),
+            vec!["cluster"]
+        );
+        assert_eq!(restart_only_changes(&old, &parse("")), vec!["cluster"]);
     }
 }

@@ -272,6 +272,29 @@ pub struct ClusterConfig {
     pub ack_timeout_ms: u64,
 }
 
+impl ClusterConfig {
+    /// Whether two cluster sections configure the same thing (positions in the file ignored).
+    pub fn same_as(&self, other: &ClusterConfig) -> bool {
+        let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|p| p.get_ref().clone());
+        let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+        let key = |c: &ClusterConfig| {
+            (
+                c.servers.get_ref().clone(),
+                c.node.as_ref().map(|n| n.get_ref().clone()),
+                (c.user.clone(), secret(&c.password), secret(&c.token)),
+                (
+                    path(&c.credentials_file),
+                    path(&c.tls_ca),
+                    path(&c.tls_cert),
+                ),
+                (path(&c.tls_key), c.tls_required),
+                (c.heartbeat_ms, c.node_timeout_ms, c.ack_timeout_ms),
+            )
+        };
+        key(self) == key(other)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
