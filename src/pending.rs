@@ -313,3 +313,82 @@ impl Inner {
         Some(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxLimits};
+    use crate::session::{Role, SessionInfo};
+
+    fn table() -> PendingTable {
+        PendingTable::new(Duration::from_secs(10), 4, 100)
+    }
+
+    fn request(cpe_conn: u64) -> PendingRequest {
+        let acs = Arc::new(SessionHandle {
+            conn_id: 1,
+            jid: "acs.example.net".into(),
+            role: Role::Component,
+            outbox: Outbox::new(OutboxLimits {
+                stanzas: 1,
+                bytes: 1,
+                answer_bytes: 1,
+            }),
+            info: SessionInfo::new(None),
+        });
+        PendingRequest {
+            acs,
+            acs_jid: "acs.example.net".into(),
+            acs_id: "cr-1".into(),
+            wire: WireId::Acs,
+            cpe_conn,
+            cpe_jid: "cpe@example.net/cwmp".into(),
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_remote_request_carries_its_broker_id_and_is_answered_once() {
+        let table = table();
+        let key = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        let wire = table.broker_id(key);
+        assert_eq!(table.broker_key(&wire), Some(key));
+        assert!(table.complete_remote("crb-otherrun-1").is_none());
+        let taken = table.complete_remote(&wire).expect("found by id");
+        assert_eq!(taken.wire, WireId::Broker(key));
+        assert_eq!(taken.cpe_conn, REMOTE_UNACKED_CONN + key);
+        assert!(table.complete_remote(&wire).is_none(), "never twice");
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_acked_request_is_answered_when_its_node_is_lost() {
+        let table = table();
+        let node = REMOTE_NODE_CONN + 3;
+        let key = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        table.acked(key, node);
+        table.acked(key, REMOTE_NODE_CONN + 4); // a second ack changes nothing
+        assert_eq!(table.count_for_cpe(node), 1);
+        let lost = table.for_cpe_gone(node);
+        assert_eq!(lost.len(), 1);
+        table.acked(key, node); // an ack after the answer: nothing to tie
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn losing_the_cluster_takes_the_remote_requests_only() {
+        let table = table();
+        table.begin(request(7)).unwrap();
+        let acked = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        table.acked(acked, REMOTE_NODE_CONN);
+        table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        assert_eq!(table.take_remote().len(), 2);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.count_for_cpe(7), 1);
+        assert!(!is_remote_conn(7) && is_remote_conn(REMOTE_NODE_CONN));
+        assert!(
+            !is_remote_conn(u64::MAX - 1),
+            "in-process entities are not remote"
+        );
+    }
+}
