@@ -19,9 +19,14 @@ struct Node {
 
 /// A broker process in the cluster of `nats`, named `name`, with the default cluster timings.
 async fn node(nats: &Nats, name: &str) -> Node {
+    node_with(nats, name, "").await
+}
+
+/// The same with more `[cluster]` keys.
+async fn node_with(nats: &Nats, name: &str, cluster_keys: &str) -> Node {
     let (text, ops) = with_ops_port(&config_text(&TestOptions::default()));
     let text = format!(
-        "{text}\n[cluster]\nservers = [\"{}\"]\nnode = \"{name}\"\n",
+        "{text}\n[cluster]\nservers = [\"{}\"]\nnode = \"{name}\"\n{cluster_keys}",
         nats.url()
     );
     let (process, addrs) = start_binary(&text);
@@ -365,4 +370,33 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
         .unwrap();
     assert!(sent >= 3, "{sent}");
     assert_eq!(value("crbroker_cluster_answers_received_total"), "3");
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_its_name_has_its_old_requests_answered_at_once() {
+    let nats = Nats::start();
+    // A long node timeout: only the new run's heartbeat can answer the request this early.
+    let slow_loss = "node_timeout_ms = 30000\n";
+    let a = node_with(&nats, "a", slow_loss).await;
+    let mut b = node_with(&nats, "b", slow_loss).await;
+    let (mut cpe, jid) = b.cpe(&cpe_user(10)).await;
+    let mut acs = a.acs().await;
+    let (acs_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    // A heartbeat of b's first run must have reached A (every 1 s) before the restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    b.process.child.kill().unwrap();
+    b.process.child.wait().unwrap();
+    let killed = Instant::now();
+    let _b_again = node_with(&nats, "b", slow_loss).await;
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        killed.elapsed()
+    );
 }

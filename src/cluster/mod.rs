@@ -82,6 +82,8 @@ pub struct Cluster {
     /// Itself, for the tasks a `&self` call spawns.
     me: Weak<Cluster>,
     node: String,
+    /// Random per process, in heartbeats: tells a restarted node from the run before it.
+    incarnation: u64,
     inbox: String,
     client: async_nats::Client,
     /// Weak: the router holds this (as its RemoteDelivery); a strong reference would be a cycle.
@@ -172,6 +174,7 @@ pub async fn start(
     let limits = &config.limits;
     let shared = Arc::new_cyclic(|me| Cluster {
         me: me.clone(),
+        incarnation: incarnation(),
         inbox: subjects::node_inbox(&node),
         node,
         client,
@@ -200,6 +203,15 @@ pub async fn start(
     tracing::info!(node = %shared.node, servers = ?cluster.servers.get_ref(), "cluster mode: NATS client started");
     router.set_remote(shared.clone());
     Ok(shared)
+}
+
+/// A random non-zero number for this process's heartbeats (the time when randomness fails).
+fn incarnation() -> u64 {
+    let mut random = [0u8; 8];
+    if getrandom::getrandom(&mut random).is_err() {
+        random = wire::now_micros().to_le_bytes();
+    }
+    u64::from_le_bytes(random).max(1)
 }
 
 /// Connection ids of proxies count down from here, below the HTTP API's entity.

@@ -6,6 +6,10 @@
 //! synthetic connection (`REMOTE_NODE_CONN + index`). A lost node that speaks again is alive
 //! again under the same index. The table grows by one small entry per node name ever heard
 //! (node names default to host name and process id: one per incarnation).
+//!
+//! A heartbeat carries the sender's incarnation (random per process): a node restarted under a
+//! configured name within `node_timeout_ms` is seen as a new incarnation, and what the old one
+//! held is answered at once instead of at the requests' deadlines.
 
 use super::{subjects, Cluster};
 use crate::ops::metrics::Stats;
@@ -29,6 +33,7 @@ pub(super) async fn heartbeats(shared: Arc<Cluster>) {
         }
     };
     let own = subjects::heartbeat(&shared.node);
+    let incarnation = bytes::Bytes::from(shared.incarnation.to_string());
     let mut beat = tokio::time::interval(shared.heartbeat);
     let mut check = tokio::time::interval(LOSS_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -36,7 +41,7 @@ pub(super) async fn heartbeats(shared: Arc<Cluster>) {
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                shared.publish(own.clone(), bytes::Bytes::new());
+                shared.publish(own.clone(), incarnation.clone());
             }
             _ = check.tick() => {
                 let lost = shared.peers.lost(Instant::now(), shared.node_timeout);
@@ -52,9 +57,16 @@ pub(super) async fn heartbeats(shared: Arc<Cluster>) {
             }
             message = subscriber.next() => {
                 let Some(message) = message else { return };
-                if let Some(node) = subjects::heartbeat_node(&message.subject) {
-                    if node != shared.node {
-                        shared.peers.seen(node, Instant::now());
+                let Some(node) = subjects::heartbeat_node(&message.subject) else { continue };
+                let incarnation = std::str::from_utf8(&message.payload).ok().and_then(|s| s.parse().ok());
+                if node == shared.node {
+                    continue;
+                }
+                if let Some(conn) = shared.peers.heartbeat(node, incarnation.unwrap_or(0), Instant::now()) {
+                    Stats::bump(&shared.stats.cluster_nodes_lost);
+                    tracing::warn!(%node, "cluster node restarted: answering the requests its previous run held");
+                    if let Some(router) = shared.router() {
+                        router.cpe_gone(conn);
                     }
                 }
             }
@@ -78,6 +90,8 @@ struct Peer {
     name: String,
     last_seen: Instant,
     alive: bool,
+    /// From its heartbeats; 0 until one arrives.
+    incarnation: u64,
 }
 
 impl Peers {
@@ -97,6 +111,7 @@ impl Peers {
                     name: name.to_string(),
                     last_seen: now,
                     alive: true,
+                    incarnation: 0,
                 });
                 index
             }
@@ -108,6 +123,18 @@ impl Peers {
         peer.last_seen = now;
         peer.alive = true;
         REMOTE_NODE_CONN + index as u64
+    }
+
+    /// A heartbeat of `name`'s run `incarnation`: like [`Peers::seen`]; returns the node's
+    /// connection id when it comes from a new run of a node whose previous run was alive (what
+    /// that run held is gone).
+    pub fn heartbeat(&self, name: &str, incarnation: u64, now: Instant) -> Option<u64> {
+        let conn = self.seen(name, now);
+        let mut inner = self.lock();
+        let peer = &mut inner.peers[(conn - REMOTE_NODE_CONN) as usize];
+        let restarted = peer.incarnation != 0 && peer.incarnation != incarnation;
+        peer.incarnation = incarnation;
+        restarted.then_some(conn)
     }
 
     /// Nodes silent for `timeout` as of `now` that were alive: each is reported once, with its
@@ -143,5 +170,16 @@ mod tests {
         assert_eq!(lost, vec![("a".to_string(), a)]);
         assert!(peers.lost(t0 + Duration::from_secs(4), timeout).is_empty());
         assert_eq!(peers.seen("a", t0 + Duration::from_secs(5)), a);
+    }
+
+    #[test]
+    fn a_new_run_under_the_same_name_ends_the_old_one() {
+        let peers = Peers::default();
+        let t0 = Instant::now();
+        assert_eq!(peers.heartbeat("a", 11, t0), None);
+        assert_eq!(peers.heartbeat("a", 11, t0), None);
+        let conn = peers.seen("a", t0);
+        assert_eq!(peers.heartbeat("a", 12, t0), Some(conn));
+        assert_eq!(peers.heartbeat("a", 12, t0), None);
     }
 }
