@@ -77,6 +77,17 @@ async fn request_reaching(acs: &mut RawPeer, cpe: &mut RawPeer, to: &str) -> (St
     unreachable!()
 }
 
+/// The ACS's next stanza is the `service-unavailable` answer to `id`, within `bound` of `since`.
+async fn expect_unavailable(acs: &mut RawPeer, id: &str, since: Instant, bound: Duration) {
+    let answer = acs.element().await;
+    assert_eq!(answer.attr("id"), Some(id), "{answer:?}");
+    assert_eq!(
+        error_condition(&answer).as_deref(),
+        Some("service-unavailable")
+    );
+    assert!(since.elapsed() < bound, "{:?}", since.elapsed());
+}
+
 /// The CPE answers `seen` with a result; the ACS gets it under its own id `acs_id`.
 async fn answer_and_expect_result(
     cpe: &mut RawPeer,
@@ -143,17 +154,7 @@ async fn a_remote_session_that_ends_answers_its_pending_request_at_once() {
     let (acs_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
     let started = Instant::now();
     drop(cpe);
-    let answer = acs.element().await;
-    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
-    assert_eq!(
-        error_condition(&answer).as_deref(),
-        Some("service-unavailable")
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    expect_unavailable(&mut acs, &acs_id, started, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -388,15 +389,5 @@ async fn a_node_restarted_under_its_name_has_its_old_requests_answered_at_once()
     b.process.child.wait().unwrap();
     let killed = Instant::now();
     let _b_again = node_with(&nats, "b", slow_loss).await;
-    let answer = acs.element().await;
-    assert_eq!(answer.attr("id"), Some(acs_id.as_str()));
-    assert_eq!(
-        error_condition(&answer).as_deref(),
-        Some("service-unavailable")
-    );
-    assert!(
-        killed.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        killed.elapsed()
-    );
+    expect_unavailable(&mut acs, &acs_id, killed, Duration::from_secs(8)).await;
 }
