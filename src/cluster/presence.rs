@@ -94,9 +94,14 @@ async fn watch_cpe(shared: Arc<Cluster>, subject: String, bound_event: bytes::By
 }
 
 /// Whether this node should take a request for `to`: it has the session (a full JID), or the
-/// most recent session of the cluster (a bare JID).
+/// most recent session of the cluster (a bare JID). A session that is closing (replaced by a
+/// newer login on another node, which takes the request) does not count.
 pub(super) fn holds(shared: &Cluster, router: &Router, to: &JidRef) -> bool {
-    if router.sessions_of(to).is_empty() {
+    if router
+        .sessions_of(to)
+        .iter()
+        .all(|session| session.outbox.is_closed())
+    {
         return false;
     }
     to.resource.is_some() || !newer_elsewhere(shared, &to.bare())
