@@ -2,8 +2,13 @@
 # Three crbroker nodes and one nats-server on this machine (cluster mode), measured with
 # crbroker-bench: connection requests local vs cross-node, and how long until 3 x N CPEs are
 # online. Needs: nats-server (apt-get install nats-server), release builds of crbroker and
-# crbroker-bench, `ulimit -n` of at least 20000 available. Usage: bench/cluster.sh [N] [RATE]
+# crbroker-bench, `ulimit -n` of at least 20000 available.
+# Usage: bench/cluster.sh [N] [RATE]      requests local vs cross-node, 3 x N online
+#        bench/cluster.sh kill [N]        kill -9 of a node holding N CPEs: time until all are
+#                                         logged in again on another node
 set -eu
+MODE=requests
+if [ "${1:-}" = kill ]; then MODE=kill; shift; fi
 N=${1:-19000}
 RATE=${2:-2000}
 BIN=${BIN:-target/release}
@@ -26,6 +31,22 @@ for i in 1 2 3; do
   echo $! >"$OUT/n$i.pid"
 done
 sleep 2
+if [ "$MODE" = kill ]; then
+  # N CPEs on n2; when n2 dies they log in again on n1 (as behind the load balancer).
+  "$BIN/crbroker-bench" run -n "$N" --c2s 127.0.0.1:22222 --component-addr 127.0.0.1:22347 \
+      --reconnect-to 127.0.0.1:21222 --rate 0 --in-flight 0 --settle-secs 120 \
+      >"$OUT/kill.txt" 2>&1 &
+  until grep -q "online in" "$OUT/kill.txt"; do sleep 0.5; done
+  grep "online in" "$OUT/kill.txt"
+  killed=$(date +%s%3N); kill -9 "$(cat "$OUT/n2.pid")"
+  until grep -q "lost sessions logged in again" "$OUT/kill.txt"; do sleep 0.2; done
+  back=$(grep "lost sessions logged in again" "$OUT/kill.txt" | awk '{print $NF}')
+  grep "lost sessions logged in again" "$OUT/kill.txt"
+  echo "kill -9 of n2 with $N CPEs: all logged in again on n1 after $((back - killed)) ms"
+  for p in $(cat "$OUT/n1.pid" "$OUT/n3.pid" "$OUT/nats.pid"); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  exit 0
+fi
 pids() { cat "$OUT/n1.pid" "$OUT/n2.pid" "$OUT/n3.pid" "$OUT/nats.pid"; }
 nats_rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$OUT/nats.pid")/status"; }
 echo "nats-server RSS before logins: $(nats_rss) KiB"

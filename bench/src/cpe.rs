@@ -29,6 +29,9 @@ pub struct Target {
     pub cr_password: String,
     /// Bind each client socket to its own 127.x.y.z source address.
     pub spread_sources: bool,
+    /// Where a CPE whose session the server ended logs in again (`--reconnect-to`), as a CPE
+    /// whose broker went away reconnects through the load balancer to another node.
+    pub reconnect: Option<Arc<Target>>,
 }
 
 /// Counters shared by all CPE sessions.
@@ -42,6 +45,8 @@ pub struct CpeCounters {
     pub lost_samples: Mutex<Vec<String>>,
     pub closed_cleanly: AtomicU64,
     pub closed_uncleanly: AtomicU64,
+    /// Lost sessions logged in again at `Target::reconnect`.
+    pub relogged: AtomicU64,
 }
 
 impl CpeCounters {
@@ -257,14 +262,49 @@ pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
     Ok(Session { stream, framer })
 }
 
-/// Idle and answer requests until `stop` turns true, then close the stream politely.
+/// Idle and answer requests until `stop` turns true, then close the stream politely. A session
+/// the server ends logs in again at `target.reconnect` when there is one.
 pub async fn serve(
     mut session: Session,
     index: usize,
     target: Arc<Target>,
     counters: Arc<CpeCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    loop {
+        if serve_session(session, index, &target, &counters, stop.clone()).await {
+            return;
+        }
+        let Some(fallback) = &target.reconnect else {
+            return;
+        };
+        session = loop {
+            if *stop.borrow() {
+                return;
+            }
+            match login(fallback, index).await {
+                Ok(session) => break session,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        let back = counters.relogged.fetch_add(1, Ordering::Relaxed) + 1;
+        if back == counters.lost.load(Ordering::Relaxed) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            eprintln!("[reconnect] all {back} lost sessions logged in again at unix ms {now}");
+        }
+    }
+}
+
+/// One session until the server ends it (false) or `stop` (true, closed politely).
+async fn serve_session(
+    mut session: Session,
+    index: usize,
+    target: &Target,
+    counters: &CpeCounters,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
     let user = username(index);
     let mut buf = [0u8; READ_CHUNK];
     let mut out = String::new();
@@ -275,28 +315,28 @@ pub async fn serve(
                 Ok(Some(Frame::Element(e))) => {
                     if xml::name(&e) == "stream:error" {
                         counters.lost(index, format!("stream error: {e}"));
-                        return;
+                        return false;
                     }
-                    answer(&e, &user, &target, &counters, &mut out);
+                    answer(&e, &user, target, counters, &mut out);
                 }
                 Ok(Some(Frame::Close)) => {
                     counters.lost(index, "server closed the stream".into());
-                    return;
+                    return false;
                 }
                 Ok(Some(Frame::Header(_))) => {
                     counters.lost(index, "unexpected stream header".into());
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     counters.lost(index, e.to_string());
-                    return;
+                    return false;
                 }
             }
         }
         if !out.is_empty() {
             if let Err(e) = send(&mut session.stream, &out).await {
                 counters.lost(index, e);
-                return;
+                return false;
             }
             out.clear();
             if out.capacity() > 1024 {
@@ -308,12 +348,12 @@ pub async fn serve(
             read = session.stream.read(&mut buf) => match read {
                 Ok(0) => {
                     counters.lost(index, "connection closed by server".into());
-                    return;
+                    return false;
                 }
                 Ok(n) => session.framer.push(&buf[..n]),
                 Err(e) => {
                     counters.lost(index, format!("read: {e}"));
-                    return;
+                    return false;
                 }
             },
             _ = stop.wait_for(|stop| *stop) => break,
@@ -325,6 +365,7 @@ pub async fn serve(
     } else {
         counters.closed_uncleanly.fetch_add(1, Ordering::Relaxed);
     }
+    true
 }
 
 /// Send `</stream:stream>`, wait (bounded) for the server's, then close TLS and TCP.

@@ -76,6 +76,7 @@ pub fn main(args: LoginTimingArgs) -> ExitCode {
         password: String::new(),
         cr_password: String::new(),
         spread_sources: !args.no_spread,
+        reconnect: None,
     };
     let users = Users {
         unknown: args.unknown_user,
