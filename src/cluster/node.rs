@@ -14,7 +14,7 @@
 use super::{subjects, Cluster};
 use crate::ops::metrics::Stats;
 use crate::pending::REMOTE_NODE_CONN;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +44,11 @@ pub(super) async fn heartbeats(shared: Arc<Cluster>) {
                 shared.publish(own.clone(), incarnation.clone());
             }
             _ = check.tick() => {
+                // Heartbeats delivered but not yet taken (this task waited for a core) count
+                // before anyone is judged silent.
+                while let Some(Some(message)) = subscriber.next().now_or_never() {
+                    on_heartbeat(&shared, &message);
+                }
                 let lost = shared.peers.lost(Instant::now(), shared.node_timeout);
                 if lost.is_empty() {
                     continue;
@@ -57,20 +62,30 @@ pub(super) async fn heartbeats(shared: Arc<Cluster>) {
             }
             message = subscriber.next() => {
                 let Some(message) = message else { return };
-                let Some(node) = subjects::heartbeat_node(&message.subject) else { continue };
-                let incarnation = std::str::from_utf8(&message.payload).ok().and_then(|s| s.parse().ok());
-                if node == shared.node {
-                    continue;
-                }
-                if let Some(conn) = shared.peers.heartbeat(node, incarnation.unwrap_or(0), Instant::now()) {
-                    Stats::bump(&shared.stats.cluster_nodes_lost);
-                    tracing::warn!(%node, "cluster node restarted: answering the requests its previous run held");
-                    if let Some(router) = shared.router() {
-                        router.cpe_gone(conn);
-                    }
-                }
+                on_heartbeat(&shared, &message);
             }
             _ = crate::context::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Another node's heartbeat: it lives; a new run of it ends what the previous run held.
+fn on_heartbeat(shared: &Cluster, message: &async_nats::Message) {
+    let Some(node) = subjects::heartbeat_node(&message.subject) else {
+        return;
+    };
+    if node == shared.node {
+        return;
+    }
+    let incarnation = std::str::from_utf8(&message.payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if let Some(conn) = shared.peers.heartbeat(node, incarnation, Instant::now()) {
+        Stats::bump(&shared.stats.cluster_nodes_lost);
+        tracing::warn!(%node, "cluster node restarted: answering the requests its previous run held");
+        if let Some(router) = shared.router() {
+            router.cpe_gone(conn);
         }
     }
 }
