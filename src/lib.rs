@@ -8,6 +8,7 @@
 pub mod account_sources;
 pub mod auth;
 pub mod caps;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod jid;
@@ -61,6 +62,8 @@ pub enum StartError {
     },
     #[error("accounts.postgres: {0}")]
     Postgres(#[from] auth::postgres::PgError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("cannot listen on {address}: {source}{}", in_use_hint(source))]
     Bind {
         address: SocketAddr,
@@ -121,6 +124,11 @@ impl Broker {
         ));
         // Dropped (stopping the ops listener) if the start fails below.
         let (stop_ops, ops_rx) = watch::channel(false);
+        // Before anything attaches to the router: the cluster learns of every entity (the API's
+        // too). It lives until the very end, like the ops listener.
+        if let Some(cluster) = &config.cluster {
+            cluster::start(&config, cluster, &router, ops_rx.clone()).await?;
+        }
         let ops = match config.ops.enabled {
             true => Some(
                 start_ops(

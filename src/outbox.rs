@@ -202,6 +202,11 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// Whether the connection is closing (asked to close, or its task ended).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Resolves when something was pushed since the last call.
     pub async fn notified(&self) {
         self.notify.notified().await

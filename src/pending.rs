@@ -8,6 +8,13 @@
 //! pending on its own session (at most `max_pending_per_cpe`, so a short scan).
 //! An entry leaves the table exactly once (CPE answer, deadline, CPE session end, shutdown),
 //! under the table lock, and whoever removes it sends the one answer. That is the whole guarantee.
+//!
+//! A request for a CPE on another cluster node (src/cluster/) stays in this table too, so the
+//! requester's node keeps the deadline and the one answer. Its CPE "connection" is synthetic:
+//! `REMOTE_UNACKED_CONN + key` until a node acknowledges it, then `REMOTE_NODE_CONN + node index`,
+//! so that losing a node answers everything it held with the same [`PendingTable::for_cpe_gone`]
+//! as a local session's end. Toward the remote CPE it always carries its broker id, which names
+//! this process (`<run>`), so the remote node's answer finds it by id alone.
 
 use crate::session::SessionHandle;
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ID_PREFIX: &str = "crb-";
+
+/// Synthetic CPE connection of a remote request acknowledged by node `n`: this plus `n`.
+pub const REMOTE_NODE_CONN: u64 = 1 << 61;
+/// Synthetic CPE connection of a remote request no node has acknowledged yet: this plus its key.
+pub const REMOTE_UNACKED_CONN: u64 = 1 << 62;
+
+/// Whether a pending request's CPE connection is on another node.
+pub fn is_remote_conn(cpe_conn: u64) -> bool {
+    cpe_conn < 1 << 63 && cpe_conn & (REMOTE_NODE_CONN | REMOTE_UNACKED_CONN) != 0
+}
 
 pub struct PendingRequest {
     pub acs: Arc<SessionHandle>,
@@ -89,7 +106,7 @@ impl PendingTable {
 
     /// Record a request. Returns its table key and the id to use toward the CPE: the ACS's own
     /// unless a request pending on the same CPE session already uses it.
-    pub fn begin(&self, mut request: PendingRequest) -> Result<(u64, WireId), Refusal> {
+    pub fn begin(&self, request: PendingRequest) -> Result<(u64, WireId), Refusal> {
         let mut inner = self.lock();
         let on_cpe = inner
             .by_cpe
@@ -98,10 +115,6 @@ impl PendingTable {
         if on_cpe.len() >= self.max_per_cpe {
             return Err(Refusal::CpeBusy);
         }
-        let acs_conn = request.acs.conn_id;
-        if inner.per_acs.get(&acs_conn).copied().unwrap_or(0) >= self.max_per_acs {
-            return Err(Refusal::AcsBusy);
-        }
         let taken = request.acs_id.is_empty()
             || on_cpe.iter().any(|key| {
                 inner
@@ -109,13 +122,37 @@ impl PendingTable {
                     .get(key)
                     .is_some_and(|(pending, _)| self.wire_matches(pending, &request.acs_id))
             });
+        self.insert(&mut inner, request, |key| match taken {
+            true => WireId::Broker(key),
+            false => WireId::Acs,
+        })
+    }
+
+    /// Record a request for a CPE on another node: it always carries its broker id, and its CPE
+    /// connection is `REMOTE_UNACKED_CONN + key` until [`PendingTable::acked`]. The per-CPE cap
+    /// is the holding node's to apply.
+    pub fn begin_remote(&self, request: PendingRequest) -> Result<u64, Refusal> {
+        let mut inner = self.lock();
+        self.insert(&mut inner, request, WireId::Broker)
+            .map(|(key, _)| key)
+    }
+
+    fn insert(
+        &self,
+        inner: &mut Inner,
+        mut request: PendingRequest,
+        wire: impl FnOnce(u64) -> WireId,
+    ) -> Result<(u64, WireId), Refusal> {
+        let acs_conn = request.acs.conn_id;
+        if inner.per_acs.get(&acs_conn).copied().unwrap_or(0) >= self.max_per_acs {
+            return Err(Refusal::AcsBusy);
+        }
         inner.next_id += 1;
         let key = inner.next_id;
-        request.wire = if taken {
-            WireId::Broker(key)
-        } else {
-            WireId::Acs
-        };
+        request.wire = wire(key);
+        if is_remote_conn(request.cpe_conn) {
+            request.cpe_conn = REMOTE_UNACKED_CONN + key;
+        }
         let wire = request.wire;
         let deadline = request.started + self.timeout;
         inner.by_cpe.entry(request.cpe_conn).or_default().push(key);
@@ -123,6 +160,59 @@ impl PendingTable {
         inner.deadlines.push_back((deadline, key));
         inner.entries.insert(key, (request, deadline));
         Ok((key, wire))
+    }
+
+    /// A node acknowledged remote request `key`: from now on it belongs to `node_conn`
+    /// (`REMOTE_NODE_CONN + node index`). Nothing happens when it was answered already.
+    pub fn acked(&self, key: u64, node_conn: u64) {
+        let mut inner = self.lock();
+        let unacked = REMOTE_UNACKED_CONN + key;
+        let Some((request, _)) = inner.entries.get_mut(&key) else {
+            return;
+        };
+        if request.cpe_conn != unacked {
+            return;
+        }
+        request.cpe_conn = node_conn;
+        inner.by_cpe.remove(&unacked);
+        inner.by_cpe.entry(node_conn).or_default().push(key);
+    }
+
+    /// Take the remote request whose broker id is `wire` (the answer a node relayed).
+    pub fn complete_remote(&self, wire: &str) -> Option<PendingRequest> {
+        let key = self.broker_key(wire)?;
+        let mut inner = self.lock();
+        let remote = inner
+            .entries
+            .get(&key)
+            .is_some_and(|(pending, _)| is_remote_conn(pending.cpe_conn));
+        remote.then(|| inner.remove(key)).flatten()
+    }
+
+    /// The table key of one of this process's broker ids.
+    pub fn broker_key(&self, wire: &str) -> Option<u64> {
+        wire.strip_prefix(ID_PREFIX)?
+            .strip_prefix(self.run.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+
+    /// Take every request waiting on another node (this node lost the cluster).
+    pub fn take_remote(&self) -> Vec<PendingRequest> {
+        let mut inner = self.lock();
+        let conns: Vec<u64> = inner
+            .by_cpe
+            .keys()
+            .copied()
+            .filter(|conn| is_remote_conn(*conn))
+            .collect();
+        let ids: Vec<u64> = conns
+            .iter()
+            .filter_map(|conn| inner.by_cpe.remove(conn))
+            .flatten()
+            .collect();
+        ids.into_iter().filter_map(|id| inner.remove(id)).collect()
     }
 
     /// Take the request pending on CPE connection `cpe_conn` whose id toward the CPE is `wire`.
@@ -146,13 +236,7 @@ impl PendingTable {
     fn wire_matches(&self, pending: &PendingRequest, wire: &str) -> bool {
         match pending.wire {
             WireId::Acs => pending.acs_id == wire,
-            WireId::Broker(n) => {
-                wire.strip_prefix(ID_PREFIX)
-                    .and_then(|rest| rest.strip_prefix(self.run.as_str()))
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .and_then(|number| number.parse::<u64>().ok())
-                    == Some(n)
-            }
+            WireId::Broker(n) => self.broker_key(wire) == Some(n),
         }
     }
 
@@ -227,5 +311,84 @@ impl Inner {
             self.deadlines.clear();
         }
         Some(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxLimits};
+    use crate::session::{Role, SessionInfo};
+
+    fn table() -> PendingTable {
+        PendingTable::new(Duration::from_secs(10), 4, 100)
+    }
+
+    fn request(cpe_conn: u64) -> PendingRequest {
+        let acs = Arc::new(SessionHandle {
+            conn_id: 1,
+            jid: "acs.example.net".into(),
+            role: Role::Component,
+            outbox: Outbox::new(OutboxLimits {
+                stanzas: 1,
+                bytes: 1,
+                answer_bytes: 1,
+            }),
+            info: SessionInfo::new(None),
+        });
+        PendingRequest {
+            acs,
+            acs_jid: "acs.example.net".into(),
+            acs_id: "cr-1".into(),
+            wire: WireId::Acs,
+            cpe_conn,
+            cpe_jid: "cpe@example.net/cwmp".into(),
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_remote_request_carries_its_broker_id_and_is_answered_once() {
+        let table = table();
+        let key = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        let wire = table.broker_id(key);
+        assert_eq!(table.broker_key(&wire), Some(key));
+        assert!(table.complete_remote("crb-otherrun-1").is_none());
+        let taken = table.complete_remote(&wire).expect("found by id");
+        assert_eq!(taken.wire, WireId::Broker(key));
+        assert_eq!(taken.cpe_conn, REMOTE_UNACKED_CONN + key);
+        assert!(table.complete_remote(&wire).is_none(), "never twice");
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_acked_request_is_answered_when_its_node_is_lost() {
+        let table = table();
+        let node = REMOTE_NODE_CONN + 3;
+        let key = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        table.acked(key, node);
+        table.acked(key, REMOTE_NODE_CONN + 4); // a second ack changes nothing
+        assert_eq!(table.count_for_cpe(node), 1);
+        let lost = table.for_cpe_gone(node);
+        assert_eq!(lost.len(), 1);
+        table.acked(key, node); // an ack after the answer: nothing to tie
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn losing_the_cluster_takes_the_remote_requests_only() {
+        let table = table();
+        table.begin(request(7)).unwrap();
+        let acked = table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        table.acked(acked, REMOTE_NODE_CONN);
+        table.begin_remote(request(REMOTE_UNACKED_CONN)).unwrap();
+        assert_eq!(table.take_remote().len(), 2);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.count_for_cpe(7), 1);
+        assert!(!is_remote_conn(7) && is_remote_conn(REMOTE_NODE_CONN));
+        assert!(
+            !is_remote_conn(u64::MAX - 1),
+            "in-process entities are not remote"
+        );
     }
 }

@@ -34,8 +34,9 @@
 //! state computed with them; starting them afresh would hand a guesser a new budget), the
 //! connection caps (the counts admitted under the old caps would be checked against new ones),
 //! and `[requests]` (the pending table keeps deadlines in insertion order because the timeout
-//! is one constant), and `[accounts.postgres]` (its pool, cache and change feed carry over a
-//! reload as they are). A file that changes any of these is refused as a whole, naming the keys:
+//! is one constant), `[accounts.postgres]` (its pool, cache and change feed carry over a reload as
+//! they are) and `[cluster]` (the NATS connection and this node's identity). A file that changes
+//! any of these is refused as a whole, naming the keys:
 //! nothing is half applied.
 
 use crate::account_sources::OtherSources;
@@ -502,6 +503,14 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.accounts.postgres != new.accounts.postgres {
         keys.push("accounts.postgres".into());
     }
+    let same_cluster = match (&old.cluster, &new.cluster) {
+        (None, None) => true,
+        (Some(was), Some(now)) => was.same_as(now),
+        _ => false,
+    };
+    if !same_cluster {
+        keys.push("cluster".into());
+    }
     push_differing!(
         keys,
         "limits.",
@@ -642,5 +651,18 @@ proxy_from = [\"10.0.0.0/7\"]
             restart_only_changes(&new, &wider),
             vec!["listener[0].proxy_from"]
         );
+    }
+
+    #[test]
+    fn the_cluster_section_needs_a_restart_but_its_place_in_the_file_does_not() {
+        let cluster = "[cluster]\nservers = [\"nats://127.0.0.1:4222\"]\nnode = \"n1\"\n";
+        let old = parse(cluster);
+        assert!(restart_only_changes(&old, &parse(&format!("\n\n{cluster}"))).is_empty());
+        let renamed = cluster.replace("n1", "n2");
+        assert_eq!(
+            restart_only_changes(&old, &parse(&renamed)),
+            vec!["cluster"]
+        );
+        assert_eq!(restart_only_changes(&old, &parse("")), vec!["cluster"]);
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::binary::{free_ports, start_binary, wait_listening, Running};
+use common::binary::{free_ports, start_binary, wait_listening, with_ops_port, Running};
 use common::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,18 +22,8 @@ struct Cli {
 /// The broker binary with its ops listener (the last `127.0.0.1:0` of the test config, which
 /// `start_binary` leaves alone) on a known free port.
 async fn start() -> Cli {
-    let mut text = config_text(&TestOptions::default());
-    let ops_port = free_ports(1)[0];
-    let at = text.rfind("address = \"127.0.0.1:0\"").unwrap();
-    assert!(text[..at].ends_with(
-        "# Any free port: tests read the bound one from Broker::ops_addr (never 5280).\n"
-    ));
-    text.replace_range(
-        at..,
-        &text[at..].replacen("127.0.0.1:0", &format!("127.0.0.1:{ops_port}"), 1),
-    );
+    let (text, ops) = with_ops_port(&config_text(&TestOptions::default()));
     let (broker, addrs) = start_binary(&text);
-    let ops: SocketAddr = format!("127.0.0.1:{ops_port}").parse().unwrap();
     wait_listening(ops).await;
     wait_listening(addrs[STARTTLS]).await;
     // start_binary's file name: the reload test edits it.

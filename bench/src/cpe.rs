@@ -31,6 +31,9 @@ pub struct Target {
     pub spread_sources: bool,
     /// SASL EXTERNAL: each CPE presents its own certificate from this CA (else PLAIN).
     pub devices: Option<Arc<crate::devices::DeviceCa>>,
+    /// Where a CPE whose session the server ended logs in again (`--reconnect-to`), as a CPE
+    /// whose broker went away reconnects through the load balancer to another node.
+    pub reconnect: Option<Arc<Target>>,
 }
 
 /// Counters shared by all CPE sessions.
@@ -44,6 +47,8 @@ pub struct CpeCounters {
     pub lost_samples: Mutex<Vec<String>>,
     pub closed_cleanly: AtomicU64,
     pub closed_uncleanly: AtomicU64,
+    /// Lost sessions logged in again at `Target::reconnect`.
+    pub relogged: AtomicU64,
 }
 
 impl CpeCounters {
@@ -56,8 +61,17 @@ impl CpeCounters {
     }
 }
 
+/// The account number of CPE index 0 (`--first-account`): several tool processes log in disjoint
+/// accounts, e.g. one per node of a cluster. Set once, before any login.
+static FIRST_ACCOUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn set_first_account(first: usize) {
+    FIRST_ACCOUNT.store(first, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn username(index: usize) -> String {
-    format!("cpe-{index:06}")
+    let first = FIRST_ACCOUNT.load(std::sync::atomic::Ordering::Relaxed);
+    format!("cpe-{:06}", first + index)
 }
 
 /// Source address of client `index`: 127.1.0.1 upward, 250 hosts per /24, so that every
@@ -254,14 +268,49 @@ pub async fn login(target: &Target, index: usize) -> Result<Session, String> {
     Ok(Session { stream, framer })
 }
 
-/// Idle and answer requests until `stop` turns true, then close the stream politely.
+/// Idle and answer requests until `stop` turns true, then close the stream politely. A session
+/// the server ends logs in again at `target.reconnect` when there is one.
 pub async fn serve(
     mut session: Session,
     index: usize,
     target: Arc<Target>,
     counters: Arc<CpeCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    loop {
+        if serve_session(session, index, &target, &counters, stop.clone()).await {
+            return;
+        }
+        let Some(fallback) = &target.reconnect else {
+            return;
+        };
+        session = loop {
+            if *stop.borrow() {
+                return;
+            }
+            match login(fallback, index).await {
+                Ok(session) => break session,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        let back = counters.relogged.fetch_add(1, Ordering::Relaxed) + 1;
+        if back == counters.lost.load(Ordering::Relaxed) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            eprintln!("[reconnect] all {back} lost sessions logged in again at unix ms {now}");
+        }
+    }
+}
+
+/// One session until the server ends it (false) or `stop` (true, closed politely).
+async fn serve_session(
+    mut session: Session,
+    index: usize,
+    target: &Target,
+    counters: &CpeCounters,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
     let user = username(index);
     let mut buf = [0u8; READ_CHUNK];
     let mut out = String::new();
@@ -272,28 +321,28 @@ pub async fn serve(
                 Ok(Some(Frame::Element(e))) => {
                     if xml::name(&e) == "stream:error" {
                         counters.lost(index, format!("stream error: {e}"));
-                        return;
+                        return false;
                     }
-                    answer(&e, &user, &target, &counters, &mut out);
+                    answer(&e, &user, target, counters, &mut out);
                 }
                 Ok(Some(Frame::Close)) => {
                     counters.lost(index, "server closed the stream".into());
-                    return;
+                    return false;
                 }
                 Ok(Some(Frame::Header(_))) => {
                     counters.lost(index, "unexpected stream header".into());
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     counters.lost(index, e.to_string());
-                    return;
+                    return false;
                 }
             }
         }
         if !out.is_empty() {
             if let Err(e) = send(&mut session.stream, &out).await {
                 counters.lost(index, e);
-                return;
+                return false;
             }
             out.clear();
             if out.capacity() > 1024 {
@@ -305,12 +354,12 @@ pub async fn serve(
             read = session.stream.read(&mut buf) => match read {
                 Ok(0) => {
                     counters.lost(index, "connection closed by server".into());
-                    return;
+                    return false;
                 }
                 Ok(n) => session.framer.push(&buf[..n]),
                 Err(e) => {
                     counters.lost(index, format!("read: {e}"));
-                    return;
+                    return false;
                 }
             },
             _ = stop.wait_for(|stop| *stop) => break,
@@ -322,6 +371,7 @@ pub async fn serve(
     } else {
         counters.closed_uncleanly.fetch_add(1, Ordering::Relaxed);
     }
+    true
 }
 
 /// Send `</stream:stream>`, wait (bounded) for the server's, then close TLS and TCP.

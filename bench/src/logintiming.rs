@@ -78,6 +78,7 @@ pub fn main(args: LoginTimingArgs) -> ExitCode {
         cr_password: String::new(),
         spread_sources: !args.no_spread,
         devices: None,
+        reconnect: None,
     };
     let users = Users {
         unknown: args.unknown_user,

@@ -163,6 +163,18 @@ struct RunArgs {
     /// PID of the broker, for RSS (VmRSS) and CPU (utime+stime) figures.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// More processes whose CPU counts as the broker's (repeatable): the other nodes of a
+    /// cluster and nats-server, so "broker CPU per CR" covers the whole cluster.
+    #[arg(long)]
+    cpu_pid: Vec<u32>,
+    /// Where a CPE logs in again when the server ends its session (a cluster's other node, as
+    /// behind a load balancer); the moment all lost sessions are back is printed. Loopback only.
+    #[arg(long)]
+    reconnect_to: Option<SocketAddr>,
+    /// Account number of the first CPE (cpe-<first> ...): disjoint accounts for several tool
+    /// processes at once.
+    #[arg(long, default_value_t = 0)]
+    first_account: usize,
     /// Seconds to let the sessions idle before the memory figure.
     #[arg(long, default_value_t = 3.0)]
     settle_secs: f64,
@@ -325,9 +337,12 @@ fn table(files: &[PathBuf]) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    cpe::set_first_account(args.first_account);
+    procstat::set_extra_cpu_pids(args.cpu_pid.clone());
     for addr in [args.c2s, args.component_addr]
         .into_iter()
         .chain(args.scrape)
+        .chain(args.reconnect_to)
     {
         if !addr.ip().is_loopback() {
             eprintln!("crbroker-bench: {addr} is not a loopback address; this tool only loads 127.0.0.0/8 and ::1");
@@ -399,25 +414,32 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
     }
     let server_name = rustls::pki_types::ServerName::try_from(args.domain.clone())
         .map_err(|e| format!("--domain: {e}"))?;
-    let target = Arc::new(cpe::Target {
-        addr: args.c2s,
+    let passwords = match &args.derived_secret {
+        Some(path) => sasl::Passwords::derived_from_file(path)?,
+        None => sasl::Passwords::Same(args.password.clone()),
+    };
+    let devices = match &args.device_ca_key {
+        Some(path) => Some(Arc::new(devices::DeviceCa::load(path)?)),
+        None => None,
+    };
+    let target_at = |addr, reconnect| cpe::Target {
+        addr,
         direct_tls: args.direct_tls,
         domain: args.domain.clone(),
-        server_name,
+        server_name: server_name.clone(),
         tls: tokio_rustls::TlsConnector::from(tls::insecure_client_config()),
         resource: args.resource.clone(),
-        passwords: match &args.derived_secret {
-            Some(path) => sasl::Passwords::derived_from_file(path)?,
-            None => sasl::Passwords::Same(args.password.clone()),
-        },
+        passwords: passwords.clone(),
         mechanism: args.mechanism,
         cr_password: "cr-secret".into(),
         spread_sources: !args.no_spread,
-        devices: match &args.device_ca_key {
-            Some(path) => Some(Arc::new(devices::DeviceCa::load(path)?)),
-            None => None,
-        },
-    });
+        devices: devices.clone(),
+        reconnect,
+    };
+    let fallback = args
+        .reconnect_to
+        .map(|addr| Arc::new(target_at(addr, None)));
+    let target = Arc::new(target_at(args.c2s, fallback));
     let counters = Arc::new(cpe::CpeCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut report = Report {

@@ -95,10 +95,27 @@ pub struct CpuUsed {
     pub others_s: Option<f64>,
 }
 
+/// Processes whose CPU counts with the broker's (`--cpu-pid`): set once at start.
+static EXTRA_CPU_PIDS: OnceLock<Vec<u32>> = OnceLock::new();
+
+pub fn set_extra_cpu_pids(pids: Vec<u32>) {
+    let _ = EXTRA_CPU_PIDS.set(pids);
+}
+
+/// The broker's CPU seconds plus those of the `--cpu-pid` processes.
+fn broker_cpu_secs(broker: u32) -> Option<f64> {
+    let extra = EXTRA_CPU_PIDS.get().map_or(&[][..], Vec::as_slice);
+    extra
+        .iter()
+        .try_fold(cpu_secs(Pid::Other(broker))?, |sum, &pid| {
+            Some(sum + cpu_secs(Pid::Other(pid))?)
+        })
+}
+
 impl CpuMark {
     pub fn now(broker: Option<u32>) -> CpuMark {
         CpuMark {
-            broker: broker.and_then(|p| cpu_secs(Pid::Other(p))),
+            broker: broker.and_then(broker_cpu_secs),
             tool: cpu_secs(Pid::This),
             machine: machine_busy_secs(),
         }

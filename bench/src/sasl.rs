@@ -33,6 +33,7 @@ impl Mechanism {
 }
 
 /// Where a CPE's password comes from.
+#[derive(Clone)]
 pub enum Passwords {
     /// Every CPE has this password.
     Same(String),

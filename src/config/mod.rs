@@ -80,6 +80,9 @@ pub struct Config {
     pub ops: OpsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Cluster mode; None: single node.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Directory that relative paths (certificates, accounts file) are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -372,15 +375,70 @@ impl Config {
             }
         }
         if let Some(file) = &self.accounts.file {
-            let resolved = self.resolve(file.get_ref());
-            if !resolved.exists() {
+            self.require_file(text, file, "accounts.file")?;
+        }
+        match &self.cluster {
+            Some(cluster) => self.validate_cluster(cluster, text),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_cluster(&self, cluster: &ClusterConfig, text: &str) -> Result<(), ConfigError> {
+        let find_line = |needle: &str| text.find(needle).map(|o| line_of(text, o)).unwrap_or(0);
+        let err = |key: &str, message: String| ConfigError {
+            file: self.origin.clone(),
+            line: find_line(key.rsplit('.').next().unwrap_or(key)),
+            key: key.into(),
+            message,
+        };
+        if cluster.servers.get_ref().is_empty() {
+            return Err(self.error_at(
+                text,
+                Some(&cluster.servers),
+                "cluster.servers",
+                "names no NATS server".into(),
+            ));
+        }
+        if let Some(node) = &cluster.node {
+            if !crate::cluster::subjects::is_valid_node_name(node.get_ref()) {
                 return Err(self.error_at(
                     text,
-                    Some(file),
-                    "accounts.file",
-                    format!("file {} not found", resolved.display()),
+                    Some(node),
+                    "cluster.node",
+                    format!("{:?}: use 1-64 letters, digits, '-' or '_'", node.get_ref()),
                 ));
             }
+        }
+        if cluster.user.is_some() != cluster.password.is_some() {
+            return Err(err("cluster.user", "user and password go together".into()));
+        }
+        if cluster.tls_cert.is_some() != cluster.tls_key.is_some() {
+            return Err(err(
+                "cluster.tls_cert",
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        for (key, path) in [
+            ("cluster.credentials_file", &cluster.credentials_file),
+            ("cluster.tls_ca", &cluster.tls_ca),
+            ("cluster.tls_cert", &cluster.tls_cert),
+            ("cluster.tls_key", &cluster.tls_key),
+        ] {
+            if let Some(path) = path {
+                self.require_file(text, path, key)?;
+            }
+        }
+        if cluster.heartbeat_ms == 0 || cluster.ack_timeout_ms == 0 {
+            return Err(err(
+                "cluster.heartbeat_ms",
+                "heartbeat_ms and ack_timeout_ms must be greater than 0".into(),
+            ));
+        }
+        if cluster.node_timeout_ms < 2 * cluster.heartbeat_ms {
+            return Err(err(
+                "cluster.node_timeout_ms",
+                "must be at least twice heartbeat_ms (one lost heartbeat is no node loss)".into(),
+            ));
         }
         Ok(())
     }
@@ -546,6 +604,25 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// A file the configuration names must exist (resolved against the config's directory).
+    fn require_file(
+        &self,
+        text: &str,
+        path: &Spanned<PathBuf>,
+        key: &str,
+    ) -> Result<(), ConfigError> {
+        let resolved = self.resolve(path.get_ref());
+        match resolved.exists() {
+            true => Ok(()),
+            false => Err(self.error_at(
+                text,
+                Some(path),
+                key,
+                format!("file {} not found", resolved.display()),
+            )),
+        }
     }
 
     /// Resolve a path from the config against the config file's directory.

@@ -377,6 +377,73 @@ impl OpsConfig {
     }
 }
 
+/// Cluster mode over NATS (src/cluster/). Absent: the broker runs alone and needs no NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); the client tries them in turn.
+    pub servers: Spanned<Vec<String>>,
+    /// This node's name, unique in the cluster (letters, digits, `-`, `_`); default
+    /// `<host name>-<process id>`, unique per process and so per incarnation.
+    #[serde(default)]
+    pub node: Option<Spanned<String>>,
+    /// NATS user and password (both or neither).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// NATS authentication token.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A NATS `.creds` file (JWT and NKey seed), relative to the config file.
+    #[serde(default)]
+    pub credentials_file: Option<Spanned<PathBuf>>,
+    /// Refuse NATS connections without TLS.
+    #[serde(default)]
+    pub tls_required: bool,
+    /// CA certificate(s) (PEM) that sign the NATS servers' certificates.
+    #[serde(default)]
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    /// Client certificate and key (PEM) for NATS servers that verify clients (both or neither).
+    #[serde(default)]
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub tls_key: Option<Spanned<PathBuf>>,
+    /// How often this node announces that it lives.
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node silent this long is lost: requests it held are answered `service-unavailable`.
+    #[serde(default = "defaults::node_timeout_ms")]
+    pub node_timeout_ms: u64,
+    /// How long a node waits for the node holding a CPE to take a request before answering it
+    /// `service-unavailable` itself (no node holds that session any more).
+    #[serde(default = "defaults::ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// Whether two cluster sections configure the same thing (positions in the file ignored).
+    pub fn same_as(&self, other: &ClusterConfig) -> bool {
+        let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|p| p.get_ref().clone());
+        let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+        let key = |c: &ClusterConfig| {
+            (
+                c.servers.get_ref().clone(),
+                c.node.as_ref().map(|n| n.get_ref().clone()),
+                (c.user.clone(), secret(&c.password), secret(&c.token)),
+                (
+                    path(&c.credentials_file),
+                    path(&c.tls_ca),
+                    path(&c.tls_cert),
+                ),
+                (path(&c.tls_key), c.tls_required),
+                (c.heartbeat_ms, c.node_timeout_ms, c.ack_timeout_ms),
+            )
+        };
+        key(self) == key(other)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -411,6 +478,15 @@ mod defaults {
     }
     pub fn pg_query_timeout_ms() -> u64 {
         2000
+    }
+    pub fn heartbeat_ms() -> u64 {
+        1000
+    }
+    pub fn node_timeout_ms() -> u64 {
+        3000
+    }
+    pub fn ack_timeout_ms() -> u64 {
+        1000
     }
     pub fn ops_enabled() -> bool {
         true

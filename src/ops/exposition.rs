@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Counters in [`Stats`] that go up and down: exposed as gauges (by role for the sessions).
-const GAUGES: [&str; 2] = ["connections_open", "sessions_online"];
+const GAUGES: [&str; 3] = ["connections_open", "sessions_online", "cluster_connected"];
 
 /// Everything `/metrics` reads.
 #[derive(Clone)]
@@ -85,6 +85,14 @@ impl Collector for BrokerCollector {
             "Connections currently open (any phase).",
             Stats::get(&stats.connections_open) as i64,
         )?;
+        if router.is_clustered() {
+            gauge(
+                &mut encoder,
+                "crbroker_cluster_connected",
+                "1 while this node is connected to NATS (cluster mode), else 0.",
+                Stats::get(&stats.cluster_connected) as i64,
+            )?;
+        }
         gauge(
             &mut encoder,
             "crbroker_connections_pre_auth",

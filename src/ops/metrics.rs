@@ -119,6 +119,23 @@ counters! {
     /// ACS connections closed because the answers queued for them outgrew
     /// `limits.acs_outbox_answer_bytes` (they stopped reading); their answers count as gone.
     acs_closed_answer_room_full,
+    /// Connection requests sent to another cluster node (the CPE had no session here).
+    cluster_requests_sent,
+    /// Connection requests from another node taken for a CPE with a session here.
+    cluster_requests_received,
+    /// Answers other nodes relayed for requests pending here.
+    cluster_answers_received,
+    /// Answers relayed to the node that keeps the request pending.
+    cluster_answers_relayed,
+    /// Requests answered service-unavailable because this node had no NATS connection (at once,
+    /// or when the connection dropped with them pending).
+    cluster_unavailable,
+    /// Cluster nodes declared lost (silent for cluster.node_timeout_ms).
+    cluster_nodes_lost,
+    /// Cluster messages dropped: malformed, or a queue toward this node full (NATS slow consumer).
+    cluster_messages_dropped,
+    /// 1 while this node is connected to NATS (cluster mode), else 0.
+    cluster_connected,
 }
 
 impl Stats {
@@ -177,7 +194,8 @@ pub fn role_index(role: Role) -> usize {
     match role {
         Role::Cpe => 0,
         Role::AcsAccount => 1,
-        Role::Component => 2,
+        // Peer nodes are in-process entities, never counted as sessions.
+        Role::Component | Role::Node => 2,
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Role {
     Cpe,
     AcsAccount,
     Component,
+    /// Another broker node of the cluster, sending connection requests on behalf of its ACS
+    /// entities (src/cluster/): routed like an ACS entity, never forwarded to the cluster again.
+    Node,
 }
 
 /// The router's reference to a live connection.

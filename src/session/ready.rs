@@ -171,7 +171,7 @@ fn stamp_from(element: &mut Element, handle: &SessionHandle) -> Result<(), Endin
             element.set_attr("from", handle.jid.as_str());
             Ok(())
         }
-        Role::Component => {
+        Role::Component | Role::Node => {
             let ok = element
                 .attr("from")
                 .and_then(|from| JidRef::parse(from).ok())

@@ -15,6 +15,22 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The test config with its ops listener (the last `127.0.0.1:0`, which [`start_binary`] leaves
+/// alone) on a known free port; returns the text and that address.
+pub fn with_ops_port(config_text: &str) -> (String, std::net::SocketAddr) {
+    let mut text = config_text.to_string();
+    let ops_port = free_ports(1)[0];
+    let at = text.rfind("address = \"127.0.0.1:0\"").unwrap();
+    assert!(text[..at].ends_with(
+        "# Any free port: tests read the bound one from Broker::ops_addr (never 5280).\n"
+    ));
+    text.replace_range(
+        at..,
+        &text[at..].replacen("127.0.0.1:0", &format!("127.0.0.1:{ops_port}"), 1),
+    );
+    (text, format!("127.0.0.1:{ops_port}").parse().unwrap())
+}
+
 pub struct Running {
     pub child: Child,
 }

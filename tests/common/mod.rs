@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod binary;
+pub mod nats;
 pub mod openssl;
 pub mod peers;
 pub mod pg;

@@ -35,6 +35,7 @@ fn view(state: &ApiState, session: &SessionHandle) -> SessionView {
             Role::Cpe => "cpe",
             Role::AcsAccount => "acs_account",
             Role::Component => "component",
+            Role::Node => "node",
         },
         since: info.since_unix,
         peer: info.peer.map(|p| p.to_string()),

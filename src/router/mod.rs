@@ -4,6 +4,14 @@
 //! domains to their connections. It decides who may address whom: a CPE may address only the
 //! server and ACS entities; ACS entities (components, ACS accounts) may address CPEs. Requests
 //! from an ACS to a CPE go through the [`PendingTable`] so each gets exactly one answer.
+//!
+//! The router is the authority for this node's sessions. What is not here goes to the
+//! [`RemoteDelivery`] installed in cluster mode ([`remote`], implemented by src/cluster/): the
+//! router keeps the pending entry and its deadline, the cluster only carries stanzas.
+
+mod remote;
+
+pub use remote::{RemoteDelivery, RemoteUnavailable};
 
 use crate::jid::JidRef;
 use crate::ops::metrics::{CrOutcome, Stats};
@@ -15,7 +23,7 @@ use crate::xml::Element;
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 const REQUEST_LOG: &str = "crbroker::requests";
@@ -30,6 +38,8 @@ pub struct Router {
     round_robin: AtomicUsize,
     pub pending: PendingTable,
     pub stats: Arc<Stats>,
+    /// The other nodes (cluster mode only), set once at start.
+    remote: OnceLock<Arc<dyn RemoteDelivery>>,
 }
 
 /// Where a stanza's `to` points.
@@ -65,6 +75,7 @@ impl Router {
             round_robin: AtomicUsize::new(0),
             pending,
             stats,
+            remote: OnceLock::new(),
         }
     }
 
@@ -130,6 +141,11 @@ impl Router {
             .iter()
             .position(|s| s.jid == session.jid)
             .map(|i| entry.remove(i));
+        // Told under the entry's lock, so the cluster sees binds and unbinds of one bare JID
+        // in the order they happened here.
+        if let Some(remote) = self.remote.get() {
+            remote.bound(bare, &session, replaced.is_some());
+        }
         entry.push(session);
         replaced
     }
@@ -141,8 +157,14 @@ impl Router {
     }
 
     pub fn unbind_client(&self, bare: &str, conn_id: u64) {
+        let remote = self.remote.get();
         self.clients.remove_if_mut(bare, |_, sessions| {
-            sessions.retain(|s| s.conn_id != conn_id);
+            if let Some(i) = sessions.iter().position(|s| s.conn_id == conn_id) {
+                let session = sessions.remove(i);
+                if let Some(remote) = remote {
+                    remote.unbound(bare, &session, sessions.is_empty());
+                }
+            }
             sessions.is_empty()
         });
     }
@@ -179,18 +201,24 @@ impl Router {
     }
 
     pub fn attach_component(&self, domain: &str, session: Arc<SessionHandle>) {
-        self.components
-            .entry(domain.to_ascii_lowercase())
-            .or_default()
-            .push(session);
+        let domain = domain.to_ascii_lowercase();
+        let mut conns = self.components.entry(domain.clone()).or_default();
+        if let (Some(remote), true) = (self.remote.get(), conns.is_empty()) {
+            remote.acs_attached(&domain);
+        }
+        conns.push(session);
     }
 
     pub fn detach_component(&self, domain: &str, conn_id: u64) {
-        self.components
-            .remove_if_mut(&domain.to_ascii_lowercase(), |_, conns| {
-                conns.retain(|s| s.conn_id != conn_id);
-                conns.is_empty()
-            });
+        let domain = domain.to_ascii_lowercase();
+        let remote = self.remote.get();
+        self.components.remove_if_mut(&domain, |_, conns| {
+            conns.retain(|s| s.conn_id != conn_id);
+            if let (Some(remote), true) = (remote, conns.is_empty()) {
+                remote.acs_detached(&domain);
+            }
+            conns.is_empty()
+        });
     }
 
     /// The session a client-domain JID names: a full JID exactly, a bare JID the latest bound.
@@ -311,7 +339,10 @@ impl Router {
                                 Stats::bump(&self.stats.stanzas_dropped_outbox_full);
                             }
                         }
-                        None => Stats::bump(&self.stats.stanzas_refused),
+                        None => match self.remote_for(sender) {
+                            Some(remote) => remote.forward_to_cpe(&to, stanza),
+                            None => Stats::bump(&self.stats.stanzas_refused),
+                        },
                     }
                     Ok(None)
                 }
@@ -333,6 +364,18 @@ impl Router {
                     self.find_client(&to)
                 };
                 let Some(acs) = destination else {
+                    // An ACS entity attached to another node takes it there (no answer is
+                    // tracked: the ACS's reply comes back as a stanza to the CPE).
+                    if let Some(remote) = self.remote_for(sender) {
+                        let address = match self.is_component_domain(to.domain) {
+                            true => crate::jid::lower(to.domain).into_owned(),
+                            false => to.bare().into_owned(),
+                        };
+                        return match remote.forward_to_acs(&address, stanza) {
+                            Ok(()) => Ok(None),
+                            Err(stanza) => Ok(refuse(&stanza)),
+                        };
+                    }
                     return Ok(refuse(&stanza));
                 };
                 match acs.outbox.push(stanza) {
@@ -367,7 +410,16 @@ impl Router {
         let acs_id = request.attr("id").unwrap_or_default().to_string();
         let to_attr = request.attr("to").unwrap_or_default().to_string();
         let started = Instant::now();
+        let remote = self.remote_for(acs);
+        if let Some(remote) =
+            remote.filter(|r| to.resource.is_none() && r.newer_elsewhere(&to.bare()))
+        {
+            return self.relay_remote(remote, acs, request, to, started);
+        }
         let Some(cpe) = self.find_client(to) else {
+            if let Some(remote) = remote {
+                return self.relay_remote(remote, acs, request, to, started);
+            }
             self.stats.request_done(CrOutcome::Offline, started);
             log_outcome(&acs_jid, &to_attr, &acs_id, "offline", None, started);
             return Some(stanza::iq_error(
@@ -453,7 +505,7 @@ impl Router {
     fn take_pending_answer(
         &self,
         cpe: &Arc<SessionHandle>,
-        mut answer: Element,
+        answer: Element,
     ) -> Result<(), Element> {
         let request = answer
             .attr("id")
@@ -461,6 +513,13 @@ impl Router {
         let Some(request) = request else {
             return Err(answer);
         };
+        self.answer_with(request, answer);
+        Ok(())
+    }
+
+    /// Deliver the CPE's `answer` to `request` (taken from the table): count, log, restore the
+    /// ACS's id and address.
+    fn answer_with(&self, request: PendingRequest, mut answer: Element) {
         let is_error = answer.attr("type") == Some("error");
         self.stats.request_done(
             match is_error {
@@ -480,7 +539,6 @@ impl Router {
         answer.set_attr("id", request.acs_id.as_str());
         answer.set_attr("to", request.acs_jid.as_str());
         self.deliver_to_acs(&request.acs, answer);
-        Ok(())
     }
 
     /// A CPE's IQ result/error to an ACS entity that answers nothing pending: late (after the

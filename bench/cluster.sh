@@ -1,0 +1,75 @@
+#!/bin/sh
+# Three crbroker nodes and one nats-server on this machine (cluster mode), measured with
+# crbroker-bench: connection requests local vs cross-node, and how long until 3 x N CPEs are
+# online. Needs: nats-server (apt-get install nats-server), release builds of crbroker and
+# crbroker-bench, `ulimit -n` of at least 20000 available.
+# Usage: bench/cluster.sh [N] [RATE]      requests local vs cross-node, 3 x N online
+#        bench/cluster.sh kill [N]        kill -9 of a node holding N CPEs: time until all are
+#                                         logged in again on another node
+set -eu
+MODE=requests
+if [ "${1:-}" = kill ]; then MODE=kill; shift; fi
+N=${1:-19000}
+RATE=${2:-2000}
+BIN=${BIN:-target/release}
+OUT=${OUT:-/tmp/crb-cluster}
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+[ -x "$NATS" ] || { echo "nats-server not found: apt-get install nats-server" >&2; exit 2; }
+ulimit -n 20000
+rm -rf "$OUT"; mkdir -p "$OUT"
+"$BIN/crbroker-bench" gen-config --out "$OUT/gen" -n $((3 * N)) >/dev/null
+"$NATS" -a 127.0.0.1 -p 14222 -m 18222 >"$OUT/nats.log" 2>&1 &
+echo $! >"$OUT/nats.pid"
+sleep 0.5
+for i in 1 2 3; do
+  d="$OUT/gen/crbroker$i"; mkdir -p "$d"
+  sed -e "s/15222/2${i}222/; s/15223/2${i}223/; s/15347/2${i}347/" \
+      -e 's#"../cert.pem"#"../cert.pem"#' "$OUT/gen/crbroker/config.toml" >"$d/config.toml"
+  ln -sf ../crbroker/accounts.txt "$d/accounts.txt"
+  printf '\n[ops]\naddress = "127.0.0.1:2%s280"\n\n[cluster]\nservers = ["nats://127.0.0.1:14222"]\nnode = "n%s"\n' "$i" "$i" >>"$d/config.toml"
+  RUST_LOG=warn "$BIN/crbroker" --config "$d/config.toml" >"$OUT/n$i.log" 2>&1 &
+  echo $! >"$OUT/n$i.pid"
+done
+sleep 2
+if [ "$MODE" = kill ]; then
+  # N CPEs on n2; when n2 dies they log in again on n1 (as behind the load balancer).
+  "$BIN/crbroker-bench" run -n "$N" --c2s 127.0.0.1:22222 --component-addr 127.0.0.1:22347 \
+      --reconnect-to 127.0.0.1:21222 --rate 0 --in-flight 0 --settle-secs 120 \
+      >"$OUT/kill.txt" 2>&1 &
+  until grep -q "online in" "$OUT/kill.txt"; do sleep 0.5; done
+  grep "online in" "$OUT/kill.txt"
+  killed=$(date +%s%3N); kill -9 "$(cat "$OUT/n2.pid")"
+  until grep -q "lost sessions logged in again" "$OUT/kill.txt"; do sleep 0.2; done
+  back=$(grep "lost sessions logged in again" "$OUT/kill.txt" | awk '{print $NF}')
+  grep "lost sessions logged in again" "$OUT/kill.txt"
+  echo "kill -9 of n2 with $N CPEs: all logged in again on n1 after $((back - killed)) ms"
+  for p in $(cat "$OUT/n1.pid" "$OUT/n3.pid" "$OUT/nats.pid"); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  exit 0
+fi
+pids() { cat "$OUT/n1.pid" "$OUT/n2.pid" "$OUT/n3.pid" "$OUT/nats.pid"; }
+nats_rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$OUT/nats.pid")/status"; }
+echo "nats-server RSS before logins: $(nats_rss) KiB"
+# Nodes 2 and 3: N CPEs each (accounts after node 1's), held online while node 1 is measured.
+HOLD=${HOLD:-300}
+start=$(date +%s.%N)
+for i in 2 3; do
+  "$BIN/crbroker-bench" run -n "$N" --first-account $(((i - 1) * N)) --c2s "127.0.0.1:2${i}222" \
+      --component-addr "127.0.0.1:2${i}347" --rate 0 --in-flight 0 --settle-secs "$HOLD" \
+      --json-out "$OUT/hold$i.json" >"$OUT/hold$i.txt" 2>&1 &
+done
+# Node 1: N CPEs, the ACS on node 1 (local requests), all nodes' and NATS's CPU counted.
+cpu_pids=""; for p in $(cat "$OUT/n2.pid" "$OUT/n3.pid" "$OUT/nats.pid"); do cpu_pids="$cpu_pids --cpu-pid $p"; done
+"$BIN/crbroker-bench" run -n "$N" --c2s 127.0.0.1:21222 --component-addr 127.0.0.1:21347 \
+    --broker-pid "$(cat "$OUT/n1.pid")" $cpu_pids --rate "$RATE" --open-secs 10 --in-flight 64 \
+    --closed-secs 10 --label local --json-out "$OUT/local.json" | tee "$OUT/local.txt"
+echo "nats-server RSS with 3 x $N CPEs online: $(nats_rss) KiB"
+curl -s http://127.0.0.1:18222/varz | grep -E '"(mem|subscriptions|connections)"' || true
+# Node 1 again, the ACS on node 2: every request crosses nodes (requester n2, holder n1).
+"$BIN/crbroker-bench" run -n "$N" --c2s 127.0.0.1:21222 --component-addr 127.0.0.1:22347 \
+    --broker-pid "$(cat "$OUT/n1.pid")" $cpu_pids --rate "$RATE" --open-secs 10 --in-flight 64 \
+    --closed-secs 10 --label cross-node --json-out "$OUT/cross.json" | tee "$OUT/cross.txt"
+"$BIN/crbroker-bench" table "$OUT/local.json" "$OUT/cross.json"
+echo "logins (all three tool processes started at $start):"; grep -h "online in" "$OUT"/hold*.txt "$OUT"/local.txt | head -4
+for p in $(pids); do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
