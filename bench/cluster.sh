@@ -23,7 +23,7 @@ echo $! >"$OUT/nats.pid"
 sleep 0.5
 for i in 1 2 3; do
   d="$OUT/gen/crbroker$i"; mkdir -p "$d"
-  sed -e "s/15222/2${i}222/; s/15223/2${i}223/; s/15347/2${i}347/" \
+  sed -e "s/15222/2${i}222/; s/15223/2${i}223/; s/15224/2${i}224/; s/15347/2${i}347/" \
       -e 's#"../cert.pem"#"../cert.pem"#' "$OUT/gen/crbroker/config.toml" >"$d/config.toml"
   ln -sf ../crbroker/accounts.txt "$d/accounts.txt"
   printf '\n[ops]\naddress = "127.0.0.1:2%s280"\n\n[cluster]\nservers = ["nats://127.0.0.1:14222"]\nnode = "n%s"\n' "$i" "$i" >>"$d/config.toml"
