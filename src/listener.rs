@@ -18,8 +18,10 @@ use tokio::sync::watch;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Pending connections the kernel queues per listening socket (what tokio's own bind uses).
-const LISTEN_BACKLOG: i32 = 1024;
+/// Pending connections the kernel queues per listening socket. A reconnect storm (a node lost, a
+/// broker restarted) brings thousands of CPEs at once; the kernel caps this at
+/// `net.core.somaxconn`, which docs/deployment.md raises to 8192 (tokio's own bind uses 1024).
+const LISTEN_BACKLOG: i32 = 8192;
 
 #[derive(Clone)]
 pub enum Service {
