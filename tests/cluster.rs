@@ -45,6 +45,22 @@ impl Node {
         RawPeer::login(self.c2s, user, &cpe_password(user), Some("cwmp")).await
     }
 
+    /// The value of a metric (a line `name value`) on this node's /metrics.
+    async fn metric(&self, name: &str) -> u64 {
+        let metrics = reqwest::get(format!("http://{}/metrics", self.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+            .parse()
+            .unwrap()
+    }
+
     async fn acs(&self) -> RawPeer {
         let mut acs = RawPeer::component(self.component, COMPONENT_DOMAIN, COMPONENT_SECRET).await;
         acs.expect_handshake_ok().await;
@@ -352,25 +368,37 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
     assert_eq!(answer["jid"], jid.as_str());
     // Node A's metrics: connected to NATS, three requests sent to another node, three answers
     // relayed back to it.
-    let metrics = reqwest::get(format!("http://{}/metrics", a.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
-            .to_string()
-    };
-    assert_eq!(value("crbroker_cluster_connected"), "1");
-    let sent: u64 = value("crbroker_cluster_requests_sent_total")
-        .parse()
-        .unwrap();
+    assert_eq!(a.metric("crbroker_cluster_connected").await, 1);
+    let sent = a.metric("crbroker_cluster_requests_sent_total").await;
     assert!(sent >= 3, "{sent}");
-    assert_eq!(value("crbroker_cluster_answers_received_total"), "3");
+    assert_eq!(a.metric("crbroker_cluster_answers_received_total").await, 3);
+}
+
+#[tokio::test]
+async fn a_slow_cpe_is_acked_and_its_answer_still_comes_back_once() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
+    let mut acs = a.acs().await;
+    // A prompt answer is the reply to the NATS request itself: B acks nothing.
+    let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, &acs_id).await;
+    assert_eq!(b.metric("crbroker_cluster_requests_acked_total").await, 0);
+    // Answers after the ack delay (250 ms with the default ack_timeout_ms of 1000) and after the
+    // requester's ack timeout itself: B acks each in time, A then waits for the relayed answer.
+    for (n, delay_ms) in [(1, 600), (2, 1500)] {
+        let id = format!("slow-{n}");
+        acs.send(&request(&id, &jid)).await;
+        let seen = cpe.element().await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
+        assert_eq!(b.metric("crbroker_cluster_requests_acked_total").await, n);
+    }
+    // Exactly one answer each: nothing else reaches the ACS.
+    acs.send(&request("last", &jid)).await;
+    let seen = cpe.element().await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, "last").await;
+    assert_eq!(a.metric("crbroker_cluster_answers_received_total").await, 4);
 }
 
 #[tokio::test]

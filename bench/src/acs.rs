@@ -1,6 +1,8 @@
 //! The emulated ACS: one XEP-0114 component connection that sends connection requests to online
 //! CPEs, open-loop (fixed rate) or closed-loop (fixed number in flight), and checks every answer
-//! against what it sent.
+//! against what it sent. Also the recovery probe of a killed cluster node ([`probe`]).
+
+mod probe;
 
 use crate::cpe::NS_CWMP;
 use crate::report::{summarize, CrPhase};
@@ -38,6 +40,8 @@ struct Tracker {
     domain: String,
     resource: String,
     timeout: Duration,
+    /// When set, each completed request as (CPE, answered `result` by that CPE), for the probe.
+    completions: Option<Vec<(u32, bool)>>,
 }
 
 impl Tracker {
@@ -49,6 +53,13 @@ impl Tracker {
             domain,
             resource,
             timeout,
+            completions: None,
+        }
+    }
+
+    fn completed(&mut self, cpe: u32, ok: bool) {
+        if let Some(completions) = &mut self.completions {
+            completions.push((cpe, ok));
         }
     }
 
@@ -103,22 +114,29 @@ impl Tracker {
         if kind == "result" {
             if !from.eq_ignore_ascii_case(&full) {
                 tally.mismatch(format!("answer for {full} came from {from:?}: {element}"));
+                let cpe = request.cpe;
+                self.completed(cpe, false);
                 return true;
             }
             tally.ok += 1;
+            let cpe = request.cpe;
             let us = now.duration_since(request.sent).as_micros();
             tally.latencies_us.push(us.min(u32::MAX as u128) as u32);
+            self.completed(cpe, true);
         } else {
+            let cpe = request.cpe;
             let from_ok = from.is_empty()
                 || from.eq_ignore_ascii_case(&full)
                 || from.eq_ignore_ascii_case(&bare)
                 || from.eq_ignore_ascii_case(&self.domain);
             if !from_ok {
                 tally.mismatch(format!("error for {full} came from {from:?}: {element}"));
+                self.completed(cpe, false);
                 return true;
             }
             let condition = xml::error_condition(element).unwrap_or("(none)");
             *tally.errors.entry(condition.to_string()).or_default() += 1;
+            self.completed(cpe, false);
         }
         true
     }
@@ -136,8 +154,10 @@ impl Tracker {
                 break;
             }
             request.state = State::TimedOut;
+            let cpe = request.cpe;
             self.in_flight -= 1;
             self.order.pop_front();
+            self.completed(cpe, false);
             tally.timeouts += 1;
             expired += 1;
         }
@@ -263,6 +283,11 @@ impl Acs {
     /// Append one connection request to `batch` and start tracking it.
     fn add_request(&mut self, batch: &mut Vec<u8>, now: Instant, tally: &mut Tally) {
         let cpe = self.random_cpe();
+        self.add_request_to(batch, cpe, now, tally);
+    }
+
+    /// Append one connection request to CPE `cpe` to `batch` and start tracking it.
+    fn add_request_to(&mut self, batch: &mut Vec<u8>, cpe: u32, now: Instant, tally: &mut Tally) {
         let seq = self.tracker.track(cpe, now);
         let user = crate::cpe::username(cpe as usize);
         let _ = write!(

@@ -32,8 +32,26 @@ pub struct Target {
     /// SASL EXTERNAL: each CPE presents its own certificate from this CA (else PLAIN).
     pub devices: Option<Arc<crate::devices::DeviceCa>>,
     /// Where a CPE whose session the server ended logs in again (`--reconnect-to`), as a CPE
-    /// whose broker went away reconnects through the load balancer to another node.
-    pub reconnect: Option<Arc<Target>>,
+    /// whose broker went away reconnects through the load balancer to another node: CPE `i`
+    /// to `reconnect[i % len]`. Empty: it does not.
+    pub reconnect: Vec<Arc<Target>>,
+    /// How a lost CPE spreads its first new login attempt: a random wait in [0, this).
+    pub reconnect_spread: std::time::Duration,
+}
+
+/// Waits between failed login attempts of a reconnecting CPE: doubling from the first to the
+/// last, each with random jitter of up to half of it (real CPEs back off too: TR-181
+/// `XMPP.Connection.{i}.ServerRetry*`).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// A pseudo-random fraction in [0, 1) from a CPE index and an attempt number (splitmix64).
+fn jitter(index: usize, attempt: u32) -> f64 {
+    let mut z = (index as u64) << 20 ^ u64::from(attempt) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Counters shared by all CPE sessions.
@@ -281,16 +299,28 @@ pub async fn serve(
         if serve_session(session, index, &target, &counters, stop.clone()).await {
             return;
         }
-        let Some(fallback) = &target.reconnect else {
+        if target.reconnect.is_empty() {
             return;
-        };
+        }
+        let fallback = &target.reconnect[index % target.reconnect.len()];
+        let spread = target.reconnect_spread.mul_f64(jitter(index, 0));
+        tokio::time::sleep(spread).await;
+        let mut attempt = 0;
         session = loop {
             if *stop.borrow() {
                 return;
             }
             match login(fallback, index).await {
                 Ok(session) => break session,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(_) => {
+                    attempt += 1;
+                    let wait = RETRY_FIRST
+                        .saturating_mul(1 << attempt.min(6))
+                        .min(RETRY_MAX)
+                        / 2;
+                    let wait = wait + wait.mul_f64(jitter(index, attempt));
+                    tokio::time::sleep(wait).await;
+                }
             }
         };
         let back = counters.relogged.fetch_add(1, Ordering::Relaxed) + 1;

@@ -78,7 +78,8 @@ pub fn main(args: LoginTimingArgs) -> ExitCode {
         cr_password: String::new(),
         spread_sources: !args.no_spread,
         devices: None,
-        reconnect: None,
+        reconnect: Vec::new(),
+        reconnect_spread: std::time::Duration::ZERO,
     };
     let users = Users {
         unknown: args.unknown_user,

@@ -11,6 +11,7 @@ mod genconfig;
 mod logintiming;
 mod preauth;
 mod procstat;
+mod recovery;
 mod report;
 mod sasl;
 mod scrape;
@@ -48,6 +49,9 @@ enum Command {
     PreAuthMemory(PreAuthMemoryArgs),
     /// Time failed logins per kind of username and mechanism (unknown, plaintext, hashed account).
     LoginTiming(logintiming::LoginTimingArgs),
+    /// After a cluster node was killed: send connection requests to its CPEs (through a node
+    /// that survived) until each answered again; print when the last one did.
+    Probe(recovery::ProbeArgs),
     /// Print a side-by-side table of JSON reports (ratios against the first).
     Table {
         /// JSON report files written by `run --json-out` (the first is the baseline).
@@ -167,10 +171,15 @@ struct RunArgs {
     /// cluster and nats-server, so "broker CPU per CR" covers the whole cluster.
     #[arg(long)]
     cpu_pid: Vec<u32>,
-    /// Where a CPE logs in again when the server ends its session (a cluster's other node, as
-    /// behind a load balancer); the moment all lost sessions are back is printed. Loopback only.
+    /// Where a CPE logs in again when the server ends its session (a cluster's other nodes, as
+    /// behind a load balancer; repeatable: CPE i goes to the (i mod count)-th); the moment all
+    /// lost sessions are back is printed. Loopback only.
     #[arg(long)]
-    reconnect_to: Option<SocketAddr>,
+    reconnect_to: Vec<SocketAddr>,
+    /// A lost CPE waits a random time up to this many milliseconds before it logs in again
+    /// (0: at once); failed attempts back off from 250 ms to 8 s, with jitter.
+    #[arg(long, default_value_t = 0)]
+    reconnect_spread_ms: u64,
     /// Account number of the first CPE (cpe-<first> ...): disjoint accounts for several tool
     /// processes at once.
     #[arg(long, default_value_t = 0)]
@@ -220,6 +229,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::PreAuthMemory(args) => pre_auth_memory(args),
         Command::LoginTiming(args) => logintiming::main(args),
+        Command::Probe(args) => recovery::main(args),
         Command::Table { files } => table(&files),
     }
 }
@@ -342,7 +352,7 @@ fn run(args: RunArgs) -> ExitCode {
     for addr in [args.c2s, args.component_addr]
         .into_iter()
         .chain(args.scrape)
-        .chain(args.reconnect_to)
+        .chain(args.reconnect_to.iter().copied())
     {
         if !addr.ip().is_loopback() {
             eprintln!("crbroker-bench: {addr} is not a loopback address; this tool only loads 127.0.0.0/8 and ::1");
@@ -435,10 +445,13 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
         spread_sources: !args.no_spread,
         devices: devices.clone(),
         reconnect,
+        reconnect_spread: Duration::from_millis(args.reconnect_spread_ms),
     };
     let fallback = args
         .reconnect_to
-        .map(|addr| Arc::new(target_at(addr, None)));
+        .iter()
+        .map(|&addr| Arc::new(target_at(addr, Vec::new())))
+        .collect();
     let target = Arc::new(target_at(args.c2s, fallback));
     let counters = Arc::new(cpe::CpeCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,19 +1,16 @@
 //! What arrives from other nodes: requests and stanzas for CPEs with sessions here, presence
 //! events, stanzas for ACS entities attached here, acks and relayed answers for requests pending
-//! here. Also the per-requester proxies through which other nodes' requests enter this node's
-//! router, and the tasks that relay their answers back.
+//! here. Other nodes' requests enter this node's router through their proxies ([`super::proxy`]).
 
-use super::{presence, subjects, wire, Cluster};
+use super::proxy::proxy;
+use super::{presence, wire, Cluster};
 use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
-use crate::outbox::{Outbox, Outgoing};
 use crate::proto::stanza::{self, ErrorType};
-use crate::session::{Role, SessionHandle, SessionInfo};
 use crate::xml::Element;
 use async_nats::client::RequestErrorKind;
 use async_nats::Message;
 use futures_util::StreamExt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use wire::{Header, Kind};
@@ -43,7 +40,11 @@ pub(super) async fn on_cpe_message(shared: &Arc<Cluster>, message: Message) {
             }
             Stats::bump(&shared.stats.cluster_requests_received);
             let proxy = proxy(shared, header.node);
-            let answer = match router.route(&proxy, stanza, || true) {
+            // Owed a reply before the request goes in: the CPE's answer may come back before
+            // `route` returns, and it should find where to go.
+            let id: Box<str> = stanza.attr("id").unwrap_or_default().into();
+            proxy.owe_reply(&id, reply.clone());
+            let answer = match router.route(&proxy.handle, stanza, || true) {
                 Ok(answer) => answer,
                 Err(for_server) => Some(stanza::error_reply(
                     &for_server,
@@ -52,20 +53,20 @@ pub(super) async fn on_cpe_message(shared: &Arc<Cluster>, message: Message) {
                     ErrorType::Cancel,
                 )),
             };
-            let payload = match &answer {
-                None => wire::encode(shared.header(Kind::Ack, "", 0), None),
-                Some(answer) => wire::encode(shared.header(Kind::Answer, "", 0), Some(answer)),
-            };
+            // Taken: the reply (the answer, or an ack) follows from relay_answers or acks.
+            let Some(answer) = answer else { return };
+            proxy.take_reply(&id);
+            let payload = wire::encode(shared.header(Kind::Answer, "", 0), Some(&answer));
             if shared.connected() {
                 if let Err(e) = shared.client.publish(reply, payload).await {
-                    tracing::debug!("cluster: ack not sent: {e}");
+                    tracing::debug!("cluster: answer not sent: {e}");
                 }
             }
         }
         Kind::Stanza => {
             if let Some(stanza) = stanza {
                 let proxy = proxy(shared, header.node);
-                let _ = router.route(&proxy, stanza, || true);
+                let _ = router.route(&proxy.handle, stanza, || true);
             }
         }
         Kind::Bound => {
@@ -84,7 +85,7 @@ pub(super) fn on_acs_message(shared: &Arc<Cluster>, message: Message) {
     match decode(shared, &message) {
         Some((header, Some(stanza))) if header.kind == Kind::Stanza => {
             let proxy = proxy(shared, header.node);
-            let _ = router.route(&proxy, stanza, || true);
+            let _ = router.route(&proxy.handle, stanza, || true);
         }
         _ => Stats::bump(&shared.stats.cluster_messages_dropped),
     }
@@ -178,66 +179,6 @@ fn decode<'m>(shared: &Cluster, message: &'m Message) -> Option<(Header<'m>, Opt
             Stats::bump(&shared.stats.cluster_messages_dropped);
             tracing::debug!(subject = %message.subject, "cluster: message dropped: {e}");
             None
-        }
-    }
-}
-
-/// The entity through which `node`'s requests and stanzas enter this node's router (created on
-/// first use, again after its outbox closed). Its answers go to `node`'s inbox.
-fn proxy(shared: &Arc<Cluster>, node: &str) -> Arc<SessionHandle> {
-    let mut proxies = shared.proxies.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(proxy) = proxies.get(node) {
-        return proxy.clone();
-    }
-    let proxy = Arc::new(SessionHandle {
-        conn_id: shared.next_proxy_conn.fetch_sub(1, Ordering::Relaxed),
-        jid: node.to_string(),
-        role: Role::Node,
-        outbox: Outbox::new(shared.proxy_limits),
-        info: SessionInfo::new(None),
-    });
-    proxies.insert(node.to_string(), proxy.clone());
-    tokio::spawn(relay_answers(
-        shared.clone(),
-        node.to_string(),
-        proxy.clone(),
-    ));
-    proxy
-}
-
-/// Drain a proxy's outbox: each answer goes to the requester's inbox.
-async fn relay_answers(shared: Arc<Cluster>, node: String, proxy: Arc<SessionHandle>) {
-    let subject = subjects::node_inbox(&node);
-    let mut stop = shared.stop.clone();
-    loop {
-        while let Some(item) = proxy.outbox.pop() {
-            let answer = match item {
-                Outgoing::Stanza(answer) => answer,
-                Outgoing::Close(_) => {
-                    // The requester stopped taking answers (room full): start afresh.
-                    let mut proxies = shared.proxies.lock().unwrap_or_else(|e| e.into_inner());
-                    if proxies.get(&node).is_some_and(|p| Arc::ptr_eq(p, &proxy)) {
-                        proxies.remove(&node);
-                    }
-                    drop(proxies);
-                    proxy.seal(&shared.stats);
-                    return;
-                }
-            };
-            let payload = wire::encode(shared.header(Kind::Answer, "", 0), Some(&answer));
-            if !shared.connected() {
-                // The requester answers it (its NATS connection or our heartbeats are gone too).
-                Stats::bump(&shared.stats.cluster_messages_dropped);
-                continue;
-            }
-            match shared.client.publish(subject.clone(), payload).await {
-                Ok(()) => Stats::bump(&shared.stats.cluster_answers_relayed),
-                Err(_) => Stats::bump(&shared.stats.cluster_messages_dropped),
-            }
-        }
-        tokio::select! {
-            _ = proxy.outbox.notified() => {}
-            _ = crate::context::stopped(&mut stop) => return,
         }
     }
 }

@@ -10,17 +10,20 @@
 //! CPE that is not local is a NATS request on that subject: NATS itself knows who is interested,
 //! answers "no responders" at once when nobody is (offline, answered at once), and drops a dead
 //! node's subscriptions when its TCP connection closes. No directory to keep consistent, nothing
-//! to clean up: one SUB per login, one UNSUB per logout, one request plus one reply plus one
-//! relayed answer per cross-node connection request.
+//! to clean up: one SUB per login, one UNSUB per logout, one request plus one reply per
+//! cross-node connection request the CPE answers within the ack delay (plus an ack when it is
+//! slower).
 //!
 //! **A request across nodes.** The requester's node keeps the pending entry and deadline
 //! (src/router/remote.rs). The holding node takes the request through a per-requester proxy
-//! entity ([`Role::Node`]): its router treats it like any ACS request (caps, outbox, its own
-//! pending entry, cpe_gone, conflict); the proxy's outbox is drained by a task that publishes
-//! each answer to the requester's inbox `crb.node.<node>`. The NATS reply is an ack (`ack`,
-//! naming the holder, after which a lost holder answers the request at once) or the holder's
-//! immediate error. A node that holds only other resources of that bare JID stays silent;
-//! when nobody takes it within `cluster.ack_timeout_ms` it is answered `service-unavailable`.
+//! entity ([`Role::Node`], [`proxy`]): its router treats it like any ACS request (caps, outbox,
+//! its own pending entry, cpe_gone, conflict). The NATS reply is the answer itself when the CPE
+//! answers within the ack delay (a quarter of `cluster.ack_timeout_ms`), or the holder's
+//! immediate error; otherwise an ack (naming the holder, whose loss then answers the request)
+//! at the ack delay, and the answer later on the requester's inbox `crb.node.<node>`. A node
+//! that holds only other resources of that bare JID stays silent; when no reply comes within
+//! `cluster.ack_timeout_ms` (nobody took it, or its taker died before acking) the request is
+//! answered `service-unavailable`.
 //!
 //! **One session per full JID.** A node publishes `bound` (full JID, bind time) on the CPE's
 //! subject before it subscribes (and NATS does not echo a node's own messages back): a node
@@ -44,6 +47,7 @@ pub mod wire;
 mod inbound;
 mod node;
 mod presence;
+mod proxy;
 
 use crate::config::{ClusterConfig, Config};
 use crate::jid::JidRef;
@@ -101,8 +105,8 @@ pub struct Cluster {
     presence: DashMap<String, presence::Held>,
     /// ACS entities attached here, and their queue-subscription tasks.
     acs: DashMap<String, tokio::task::AbortHandle>,
-    /// One proxy entity per node that sends us requests.
-    proxies: Mutex<HashMap<String, Arc<SessionHandle>>>,
+    /// One proxy per node that sends us requests.
+    proxies: Mutex<HashMap<String, Arc<proxy::Proxy>>>,
     next_proxy_conn: AtomicU64,
     stop: watch::Receiver<bool>,
 }
@@ -200,6 +204,7 @@ pub async fn start(
     });
     tokio::spawn(inbound::node_inbox(shared.clone()));
     tokio::spawn(node::heartbeats(shared.clone()));
+    tokio::spawn(proxy::acks(shared.clone()));
     tracing::info!(node = %shared.node, servers = ?cluster.servers.get_ref(), "cluster mode: NATS client started");
     router.set_remote(shared.clone());
     Ok(shared)
@@ -252,6 +257,13 @@ fn events(
 impl Cluster {
     fn connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// How long a taken request may go without a reply before it is acked: within it, the
+    /// CPE's answer is the reply (see [`proxy`]). A quarter of the requester's ack timeout
+    /// leaves room for the sweep and a loaded NATS path.
+    fn ack_delay(&self) -> Duration {
+        self.ack_timeout / 4
     }
 
     fn router(&self) -> Option<Arc<Router>> {

@@ -73,23 +73,36 @@ pub(super) fn cpe_unbound(shared: &Cluster, bare: &str, full: &str, last: bool) 
     }
 }
 
-/// Announce the bind, then subscribe: NATS does not echo our own event back (no_echo), and a
-/// node holding an older session for the same full JID closes it. Then take what arrives.
+/// Announce the bind, subscribe, then take what arrives. This task idles for as long as the
+/// CPE is online, once per CPE: the work around each await is boxed so that the idle task holds
+/// only the subscriber.
 async fn watch_cpe(shared: Arc<Cluster>, subject: String, bound_event: bytes::Bytes) {
+    let Some(mut subscriber) = Box::pin(announce(&shared, subject, bound_event)).await else {
+        return;
+    };
+    while let Some(message) = subscriber.next().await {
+        Box::pin(inbound::on_cpe_message(&shared, message)).await;
+    }
+}
+
+/// Publish the `bound` event, then subscribe: NATS does not echo our own event back (no_echo),
+/// and a node holding an older session for the same full JID closes it.
+async fn announce(
+    shared: &Cluster,
+    subject: String,
+    bound_event: bytes::Bytes,
+) -> Option<async_nats::Subscriber> {
     if shared.connected() {
         if let Err(e) = shared.client.publish(subject.clone(), bound_event).await {
             tracing::debug!("cluster: bound event not sent: {e}");
         }
     }
-    let mut subscriber = match shared.client.subscribe(subject).await {
-        Ok(subscriber) => subscriber,
+    match shared.client.subscribe(subject).await {
+        Ok(subscriber) => Some(subscriber),
         Err(e) => {
             tracing::warn!("cluster: cannot subscribe a CPE's subject: {e}");
-            return;
+            None
         }
-    };
-    while let Some(message) = subscriber.next().await {
-        inbound::on_cpe_message(&shared, message).await;
     }
 }
 

@@ -10,6 +10,7 @@
 
 use crate::xml::{ns, writer, Element, Frame, Framer, FramerLimits};
 use bytes::Bytes;
+use std::cell::RefCell;
 
 const MAGIC: &str = "crb1";
 const STREAM_OPEN: &[u8] =
@@ -126,21 +127,44 @@ pub fn decode(payload: &[u8]) -> Result<(Header<'_>, &[u8]), WireError> {
     }
 }
 
+thread_local! {
+    /// A framer inside an open stream, with the limits it was built for, reused for the stanzas
+    /// of successive messages on this thread: building a parser and parsing a stream header per
+    /// message cost more than the stanza itself. A framer is put back only after a message that
+    /// held exactly one complete stanza, so it is always at a stanza boundary.
+    static FRAMER: RefCell<Option<(FramerLimits, Framer)>> = const { RefCell::new(None) };
+}
+
 /// Parse the one stanza of a message body.
 pub fn parse_stanza(body: &[u8], limits: FramerLimits) -> Result<Element, WireError> {
-    let mut framer = Framer::new(limits, ns::CLIENT);
-    let mut header = STREAM_OPEN;
-    match framer.next_frame(&mut header) {
-        Ok(Some(Frame::StreamOpen(_))) => {}
-        other => return Err(WireError::Stanza(format!("stream header: {other:?}"))),
-    }
+    let cached = FRAMER
+        .with(|cell| cell.borrow_mut().take())
+        .filter(|(built_for, _)| *built_for == limits);
+    let mut framer = match cached {
+        Some((_, framer)) => framer,
+        None => open_stream(limits)?,
+    };
     let mut input = body;
-    match framer.next_frame(&mut input) {
+    let parsed = match framer.next_frame(&mut input) {
         Ok(Some(Frame::Stanza(element))) if input.iter().all(u8::is_ascii_whitespace) => {
             Ok(element)
         }
         Ok(Some(_)) | Ok(None) => Err(WireError::Stanza("not exactly one stanza".into())),
         Err(e) => Err(WireError::Stanza(e.to_string())),
+    };
+    if parsed.is_ok() {
+        FRAMER.with(|cell| *cell.borrow_mut() = Some((limits, framer)));
+    }
+    parsed
+}
+
+/// A framer that has read the stream header the cluster's stanzas are parsed in.
+fn open_stream(limits: FramerLimits) -> Result<Framer, WireError> {
+    let mut framer = Framer::new(limits, ns::CLIENT);
+    let mut header = STREAM_OPEN;
+    match framer.next_frame(&mut header) {
+        Ok(Some(Frame::StreamOpen(_))) => Ok(framer),
+        other => Err(WireError::Stanza(format!("stream header: {other:?}"))),
     }
 }
 
@@ -199,6 +223,50 @@ mod tests {
         let (decoded, body) = decode(&bytes).unwrap();
         assert_eq!(decoded, header);
         assert!(body.is_empty());
+    }
+
+    #[test]
+    fn successive_messages_share_a_framer_that_bad_ones_do_not_poison() {
+        let limits = FramerLimits::default();
+        let message = |id: &str| {
+            let mut stanza = request();
+            stanza.set_attr("id", id);
+            encode(
+                Header {
+                    kind: Kind::Request,
+                    node: "n",
+                    jid: "",
+                    stamp: 0,
+                },
+                Some(&stanza),
+            )
+        };
+        let bad: [&[u8]; 4] = [
+            b"<iq><unclosed>",
+            b"<iq/><iq/>",
+            b"  <iq",
+            b"</stream:stream>",
+        ];
+        for (round, bad) in bad.iter().enumerate() {
+            for i in 0..3 {
+                let id = format!("r{round}-{i}");
+                let bytes = message(&id);
+                let (_, body) = decode(&bytes).unwrap();
+                let parsed = parse_stanza(body, limits).unwrap();
+                assert_eq!(parsed.attr("id"), Some(id.as_str()));
+            }
+            assert!(
+                parse_stanza(bad, limits).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let bytes = message("after");
+        let (_, body) = decode(&bytes).unwrap();
+        assert_eq!(
+            parse_stanza(body, limits).unwrap().attr("id"),
+            Some("after")
+        );
     }
 
     #[test]

@@ -127,6 +127,9 @@ counters! {
     cluster_answers_received,
     /// Answers relayed to the node that keeps the request pending.
     cluster_answers_relayed,
+    /// Requests from another node acked here because the CPE had not answered within the ack
+    /// delay (a quarter of cluster.ack_timeout_ms): slow CPEs, whose answers follow separately.
+    cluster_requests_acked,
     /// Requests answered service-unavailable because this node had no NATS connection (at once,
     /// or when the connection dropped with them pending).
     cluster_unavailable,

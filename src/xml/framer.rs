@@ -14,7 +14,7 @@ use rxml::{Event, Parse, Parser, WithOptions};
 /// Longest name, attribute value or text chunk rxml buffers at once (a JID is at most 3071 bytes).
 const MAX_TOKEN_BYTES: usize = 4096;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramerLimits {
     pub max_stanza_bytes: usize,
     pub max_depth: usize,

@@ -4,15 +4,38 @@ use super::*;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-/// Free loopback ports (bound and released; the broker binds them right after).
+/// Free loopback ports for a child process (a broker, nats-server, PostgreSQL) to bind right
+/// after: checked free by binding them, then released.
+///
+/// They come from below the kernel's ephemeral range (32768-60999 by default), from a sequence
+/// this process walks once: a port the kernel handed out with `bind(0)` could be handed out
+/// again at once, to another test's outgoing connection or listener, before the child binds it
+/// (seen: "Address already in use" when many tests start brokers at once). The sequence starts at
+/// an offset taken from the process id, so test binaries run one after another do not reuse the
+/// ports of a child the previous one may have left in TIME_WAIT.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if ports.len() == n {
+            break;
+        }
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "no free loopback ports left below 32000");
+    ports
 }
 
 /// The test config with its ops listener (the last `127.0.0.1:0`, which [`start_binary`] leaves
