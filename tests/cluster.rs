@@ -375,6 +375,30 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
 }
 
 #[tokio::test]
+async fn a_request_no_node_takes_is_answered_at_the_ack_timeout() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
+    let mut acs = a.acs().await;
+    let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, &acs_id).await;
+    // B holds the bare JID but not this resource: it stays silent, and A answers when no reply
+    // came within cluster.ack_timeout_ms (default 1000).
+    let other = jid.replace("/cwmp", "/elsewhere");
+    let started = Instant::now();
+    acs.send(&request("other", &other)).await;
+    expect_unavailable(&mut acs, "other", started, Duration::from_millis(2000)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "answered before the ack timeout: {:?}",
+        started.elapsed()
+    );
+    // The CPE got nothing, and its own resource is still reachable.
+    let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
+    answer_and_expect_result(&mut cpe, &seen, &mut acs, &acs_id).await;
+}
+
+#[tokio::test]
 async fn a_slow_cpe_is_acked_and_its_answer_still_comes_back_once() {
     let nats = Nats::start();
     let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);

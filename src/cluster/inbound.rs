@@ -3,13 +3,14 @@
 //! here. Other nodes' requests enter this node's router through their proxies ([`super::proxy`]).
 
 use super::proxy::proxy;
+use super::subjects::{self, InboxSubject};
 use super::{presence, wire, Cluster};
 use crate::jid::JidRef;
 use crate::ops::metrics::Stats;
 use crate::proto::stanza::{self, ErrorType};
+use crate::router::Router;
 use crate::xml::Element;
-use async_nats::client::RequestErrorKind;
-use async_nats::Message;
+use async_nats::{Message, StatusCode};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -91,7 +92,7 @@ pub(super) fn on_acs_message(shared: &Arc<Cluster>, message: Message) {
     }
 }
 
-/// This node's inbox: answers relayed for requests pending here.
+/// This node's inbox: replies to its requests, and answers relayed for requests pending here.
 pub(super) async fn node_inbox(shared: Arc<Cluster>) {
     let mut subscriber = match shared.client.subscribe(shared.inbox.clone()).await {
         Ok(subscriber) => subscriber,
@@ -110,48 +111,28 @@ pub(super) async fn node_inbox(shared: Arc<Cluster>) {
         let Some(router) = shared.router() else {
             return;
         };
-        match decode(shared.as_ref(), &message) {
-            Some((header, Some(answer))) if header.kind == Kind::Answer => {
-                shared.peers.seen(header.node, Instant::now());
-                router.remote_answer(answer);
-            }
-            _ => Stats::bump(&shared.stats.cluster_messages_dropped),
+        match subjects::inbox_subject(&shared.node, &message.subject) {
+            Some(InboxSubject::Reply(key)) => on_reply(&shared, &router, key, &message),
+            Some(InboxSubject::Answers) => match decode(shared.as_ref(), &message) {
+                Some((header, Some(answer))) if header.kind == Kind::Answer => {
+                    shared.peers.seen(header.node, Instant::now());
+                    router.remote_answer(answer);
+                }
+                _ => Stats::bump(&shared.stats.cluster_messages_dropped),
+            },
+            None => Stats::bump(&shared.stats.cluster_messages_dropped),
         }
     }
 }
 
-/// Send request `key` to the CPE's subject and act on the reply: an ack ties it to the node
-/// that took it; an answer answers it; no responders or no taker answers it
-/// `service-unavailable`.
-pub(super) async fn await_ack(
-    shared: Arc<Cluster>,
-    subject: String,
-    payload: bytes::Bytes,
-    key: u64,
-) {
-    let request = async_nats::Request::new()
-        .payload(payload)
-        .timeout(Some(shared.ack_timeout));
-    let result = shared.client.send_request(subject, request).await;
-    let Some(router) = shared.router() else {
+/// The reply to request `key`: NATS's "no responders" (no node holds the CPE: offline), an ack
+/// (the request now belongs to the node that took it) or the answer itself.
+fn on_reply(shared: &Cluster, router: &Router, key: u64, message: &Message) {
+    if message.status == Some(StatusCode::NO_RESPONDERS) {
+        router.remote_undeliverable(key, "offline");
         return;
-    };
-    let reply = match result {
-        Ok(reply) => reply,
-        Err(e) => {
-            let outcome = match e.kind() {
-                RequestErrorKind::NoResponders => "offline",
-                RequestErrorKind::TimedOut => "offline (no node took it)",
-                _ => {
-                    Stats::bump(&shared.stats.cluster_unavailable);
-                    "cluster unavailable"
-                }
-            };
-            router.remote_undeliverable(key, outcome);
-            return;
-        }
-    };
-    match decode(shared.as_ref(), &reply) {
+    }
+    match decode(shared, message) {
         Some((header, _)) if header.kind == Kind::Ack => {
             let node_conn = shared.peers.seen(header.node, Instant::now());
             router.pending.acked(key, node_conn);
@@ -161,6 +142,32 @@ pub(super) async fn await_ack(
             router.remote_answer(answer);
         }
         _ => router.remote_undeliverable(key, "malformed reply"),
+    }
+}
+
+/// Answer the requests whose reply did not come within `cluster.ack_timeout_ms`: nobody took
+/// them (the session went away meanwhile, or its node died before acking). Acked or answered
+/// ones are left alone.
+pub(super) fn expire_unreplied(shared: &Cluster) {
+    let now = Instant::now();
+    let mut due = Vec::new();
+    {
+        let mut awaiting = shared.awaiting_reply();
+        while let Some(&(deadline, key)) = awaiting.front() {
+            if deadline > now {
+                break;
+            }
+            awaiting.pop_front();
+            due.push(key);
+        }
+    }
+    if due.is_empty() {
+        return;
+    }
+    if let Some(router) = shared.router() {
+        for key in due {
+            router.remote_not_taken(key);
+        }
     }
 }
 

@@ -20,7 +20,9 @@
 //! its own pending entry, cpe_gone, conflict). The NATS reply is the answer itself when the CPE
 //! answers within the ack delay (a quarter of `cluster.ack_timeout_ms`), or the holder's
 //! immediate error; otherwise an ack (naming the holder, whose loss then answers the request)
-//! at the ack delay, and the answer later on the requester's inbox `crb.node.<node>`. A node
+//! at the ack delay, and the answer later on the requester's inbox `crb.node.<node>.a`. Replies
+//! go to `crb.node.<node>.r.<key>`, under the node's one inbox subscription; the ack timeout is a
+//! sweep over the requests sent (`awaiting_reply`), not a timer per request. A node
 //! that holds only other resources of that bare JID stays silent; when no reply comes within
 //! `cluster.ack_timeout_ms` (nobody took it, or its taker died before acking) the request is
 //! answered `service-unavailable`.
@@ -39,7 +41,9 @@
 //!
 //! **Bounds.** Every subscription's queue is `SUBSCRIPTION_CAPACITY` messages; when full, NATS
 //! drops what arrives (counted, and the requester's deadline answers the request). Pending
-//! requests are bounded by the pending table's caps, which also bound the spawned request tasks.
+//! requests are bounded by the pending table's caps; `awaiting_reply` holds 16 bytes per request
+//! sent in the last `cluster.ack_timeout_ms`. A request is handed to the NATS client's command
+//! queue without waiting: when that queue is full, it is answered `service-unavailable` at once.
 
 pub mod subjects;
 pub mod wire;
@@ -58,10 +62,11 @@ use crate::session::{Role, SessionHandle};
 use crate::xml::{Element, FramerLimits};
 use async_nats::connection::State;
 use dashmap::DashMap;
-use std::collections::HashMap;
+use futures_util::FutureExt;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wire::{Header, Kind};
 
@@ -105,6 +110,10 @@ pub struct Cluster {
     presence: DashMap<String, presence::Held>,
     /// ACS entities attached here, and their queue-subscription tasks.
     acs: DashMap<String, tokio::task::AbortHandle>,
+    /// Requests sent to other nodes and awaiting their reply, with the time after which they are
+    /// answered `service-unavailable` (in sending order, so the deadlines are in order too).
+    /// Drained every sweep; at most the requests of the last `cluster.ack_timeout_ms`.
+    awaiting_reply: Mutex<VecDeque<(Instant, u64)>>,
     /// One proxy per node that sends us requests.
     proxies: Mutex<HashMap<String, Arc<proxy::Proxy>>>,
     next_proxy_conn: AtomicU64,
@@ -198,16 +207,37 @@ pub async fn start(
         peers: node::Peers::default(),
         presence: DashMap::new(),
         acs: DashMap::new(),
+        awaiting_reply: Mutex::new(VecDeque::new()),
         proxies: Mutex::new(HashMap::new()),
         next_proxy_conn: AtomicU64::new(PROXY_CONN_TOP),
         stop,
     });
     tokio::spawn(inbound::node_inbox(shared.clone()));
     tokio::spawn(node::heartbeats(shared.clone()));
-    tokio::spawn(proxy::acks(shared.clone()));
+    tokio::spawn(sweeps(shared.clone()));
     tracing::info!(node = %shared.node, servers = ?cluster.servers.get_ref(), "cluster mode: NATS client started");
     router.set_remote(shared.clone());
     Ok(shared)
+}
+
+/// How often the sweeps run, as a fraction of the ack delay.
+const SWEEPS_PER_ACK_DELAY: u32 = 4;
+
+/// The cluster's timers: acks this node owes as a holder ([`proxy::ack_due`]) and replies
+/// overdue to it as a requester ([`inbound::expire_unreplied`]).
+async fn sweeps(shared: Arc<Cluster>) {
+    let every = (shared.ack_delay() / SWEEPS_PER_ACK_DELAY).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::context::stopped(&mut stop) => return,
+        }
+        proxy::ack_due(&shared).await;
+        inbound::expire_unreplied(&shared);
+    }
 }
 
 /// A random non-zero number for this process's heartbeats (the time when randomness fails).
@@ -266,6 +296,12 @@ impl Cluster {
         self.ack_timeout / 4
     }
 
+    fn awaiting_reply(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, u64)>> {
+        self.awaiting_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn router(&self) -> Option<Arc<Router>> {
         self.router.upgrade()
     }
@@ -301,12 +337,22 @@ impl RemoteDelivery for Cluster {
             return Err(RemoteUnavailable);
         }
         let subject = subjects::cpe(&to.bare());
+        let reply = subjects::reply(&self.node, key);
         let payload = wire::encode(self.header(Kind::Request, "", 0), Some(&request));
-        let Some(shared) = self.me.upgrade() else {
-            return Err(RemoteUnavailable);
-        };
-        tokio::spawn(inbound::await_ack(shared, subject, payload, key));
-        Ok(())
+        self.awaiting_reply()
+            .push_back((Instant::now() + self.ack_timeout, key));
+        // Queued for the NATS client's connection task without waiting: when its command queue
+        // (client_capacity) is full, NATS is behind and the request is answered at once.
+        // Unconstrained: tokio's cooperative budget must not make a free queue look full.
+        let publish = self.client.publish_with_reply(subject, reply, payload);
+        match tokio::task::unconstrained(publish).now_or_never() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::debug!("cluster: request not sent: {e}");
+                Err(RemoteUnavailable)
+            }
+            None => Err(RemoteUnavailable),
+        }
     }
 
     fn newer_elsewhere(&self, bare: &str) -> bool {

@@ -9,7 +9,7 @@
 //! requester waits for (up to `cluster.ack_timeout_ms`). When the CPE answers within the ack delay
 //! (a quarter of that timeout), its answer *is* the reply: two NATS messages per cross-node
 //! request, not three. A request still unanswered after the ack delay is acked ([`acks`]); its
-//! answer then goes to the requester's inbox `crb.node.<node>`. A node that dies before acking is
+//! answer then goes to the requester's inbox `crb.node.<node>.a`. A node that dies before acking is
 //! noticed by the requester's ack timeout, after acking by its missing heartbeats.
 
 use super::{subjects, wire, Cluster};
@@ -20,11 +20,8 @@ use async_nats::Subject;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wire::Kind;
-
-/// How often requests past their ack delay are looked for, as a fraction of the delay.
-const ACK_SWEEPS_PER_DELAY: u32 = 4;
 
 /// The proxy of one requester node.
 pub(super) struct Proxy {
@@ -91,7 +88,7 @@ pub(super) fn proxy(shared: &Arc<Cluster>, node: &str) -> Arc<Proxy> {
 /// Drain a proxy's outbox: each answer is the reply of its NATS request while that is owed,
 /// else it goes to the requester's inbox.
 async fn relay_answers(shared: Arc<Cluster>, node: String, proxy: Arc<Proxy>) {
-    let inbox = Subject::from(subjects::node_inbox(&node));
+    let inbox = Subject::from(subjects::answers(&node));
     let mut stop = shared.stop.clone();
     loop {
         while let Some(item) = proxy.handle.outbox.pop() {
@@ -130,34 +127,23 @@ async fn relay_answers(shared: Arc<Cluster>, node: String, proxy: Arc<Proxy>) {
 
 /// Ack every request still unanswered after the ack delay, so that its requester stops waiting
 /// for a reply and ties it to this node (whose loss then answers it).
-pub(super) async fn acks(shared: Arc<Cluster>) {
-    let delay = shared.ack_delay();
-    let mut sweep =
-        tokio::time::interval((delay / ACK_SWEEPS_PER_DELAY).max(Duration::from_millis(1)));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut stop = shared.stop.clone();
-    loop {
-        tokio::select! {
-            _ = sweep.tick() => {}
-            _ = crate::context::stopped(&mut stop) => return,
-        }
-        let Some(cutoff) = Instant::now().checked_sub(delay) else {
-            continue;
-        };
-        let proxies: Vec<Arc<Proxy>> = {
-            let proxies = shared.proxies.lock().unwrap_or_else(|e| e.into_inner());
-            proxies.values().cloned().collect()
-        };
-        for proxy in proxies {
-            for reply in proxy.take_due(cutoff) {
-                if !shared.connected() {
-                    break;
-                }
-                let ack = wire::encode(shared.header(Kind::Ack, "", 0), None);
-                match shared.client.publish(reply, ack).await {
-                    Ok(()) => Stats::bump(&shared.stats.cluster_requests_acked),
-                    Err(e) => tracing::debug!("cluster: ack not sent: {e}"),
-                }
+pub(super) async fn ack_due(shared: &Arc<Cluster>) {
+    let Some(cutoff) = Instant::now().checked_sub(shared.ack_delay()) else {
+        return;
+    };
+    let proxies: Vec<Arc<Proxy>> = {
+        let proxies = shared.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.values().cloned().collect()
+    };
+    for proxy in proxies {
+        for reply in proxy.take_due(cutoff) {
+            if !shared.connected() {
+                return;
+            }
+            let ack = wire::encode(shared.header(Kind::Ack, "", 0), None);
+            match shared.client.publish(reply, ack).await {
+                Ok(()) => Stats::bump(&shared.stats.cluster_requests_acked),
+                Err(e) => tracing::debug!("cluster: ack not sent: {e}"),
             }
         }
     }

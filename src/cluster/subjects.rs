@@ -4,7 +4,9 @@
 //!   connection requests and `bound` events for that CPE are sent here.
 //! - `crb.acs.<domain or bare JID>`: ACS entities (components, ACS accounts), subscribed in the
 //!   queue group [`ACS_QUEUE`], so one live connection on some node gets each unsolicited stanza.
-//! - `crb.node.<node>`: a node's inbox: answers relayed for requests it keeps pending.
+//! - `crb.node.<node>.>`: a node's inbox, one wildcard subscription: `crb.node.<node>.a` takes
+//!   answers relayed for requests it keeps pending, `crb.node.<node>.r.<key>` the reply to its
+//!   request `key` (the answer, an ack, or NATS's "no responders").
 //! - `crb.hb.<node>`: a node's heartbeat; every node subscribes `crb.hb.*`.
 //!
 //! NATS forbids `.` (token separator), `*` and `>` (wildcards) and whitespace inside a token. A JID
@@ -26,8 +28,38 @@ pub fn acs(address: &str) -> String {
     escaped("crb.acs.", address)
 }
 
+/// What a node subscribes for its inbox.
 pub fn node_inbox(node: &str) -> String {
-    format!("crb.node.{node}")
+    format!("crb.node.{node}.>")
+}
+
+/// Where answers relayed to `node` go.
+pub fn answers(node: &str) -> String {
+    format!("crb.node.{node}.a")
+}
+
+/// Where the reply to `node`'s request `key` goes.
+pub fn reply(node: &str, key: u64) -> String {
+    format!("crb.node.{node}.r.{key}")
+}
+
+/// What arrived on `node`'s inbox, by its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxSubject {
+    Answers,
+    Reply(u64),
+}
+
+pub fn inbox_subject(node: &str, subject: &str) -> Option<InboxSubject> {
+    let rest = subject.strip_prefix("crb.node.")?.strip_prefix(node)?;
+    match rest.strip_prefix('.')? {
+        "a" => Some(InboxSubject::Answers),
+        other => other
+            .strip_prefix("r.")?
+            .parse()
+            .ok()
+            .map(InboxSubject::Reply),
+    }
 }
 
 pub fn heartbeat(node: &str) -> String {
@@ -112,5 +144,22 @@ mod tests {
         assert!(is_valid_node_name(&default_node_name()));
         assert_eq!(heartbeat_node(&heartbeat("n1")), Some("n1"));
         assert_eq!(heartbeat_node("crb.node.n1"), None);
+    }
+
+    #[test]
+    fn inbox_subjects_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(
+            inbox_subject("n1", &answers("n1")),
+            Some(InboxSubject::Answers)
+        );
+        assert_eq!(
+            inbox_subject("n1", &reply("n1", 42)),
+            Some(InboxSubject::Reply(42))
+        );
+        assert_eq!(inbox_subject("n1", &reply("n11", 42)), None);
+        assert_eq!(inbox_subject("n1", &answers("n2")), None);
+        assert_eq!(inbox_subject("n1", "crb.node.n1.r.x"), None);
+        assert_eq!(inbox_subject("n1", "crb.node.n1.b"), None);
+        assert_eq!(inbox_subject("n1", "crb.node.n1"), None);
     }
 }

@@ -7,7 +7,8 @@
 //! node at all, a lost node, a lost NATS connection) takes the entry out of the table once; a
 //! second or late answer finds nothing and is counted as late.
 
-use super::{log_outcome, Router};
+use super::requests::log_outcome;
+use super::Router;
 use crate::jid::JidRef;
 use crate::ops::metrics::{CrOutcome, Stats};
 use crate::pending::{PendingRequest, WireId, REMOTE_UNACKED_CONN};
@@ -152,6 +153,21 @@ impl Router {
         if let Some(request) = self.pending.cancel(key) {
             self.stats.request_done(CrOutcome::Offline, request.started);
             self.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, outcome);
+        }
+    }
+
+    /// Remote request `key` got no reply within the ack timeout: no node took it (the session
+    /// went away meanwhile, or its node died before acking). Answered `service-unavailable`
+    /// unless it was acked (a node has it) or answered meanwhile.
+    pub fn remote_not_taken(&self, key: u64) {
+        for request in self.pending.for_cpe_gone(REMOTE_UNACKED_CONN + key) {
+            self.stats.request_done(CrOutcome::Offline, request.started);
+            self.answer_for_cpe(
+                request,
+                "service-unavailable",
+                ErrorType::Cancel,
+                "offline (no node took it)",
+            );
         }
     }
 
