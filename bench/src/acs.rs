@@ -564,6 +564,28 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_sees_which_cpe_answered_how() {
+        let mut t = tracker();
+        t.completions = Some(Vec::new());
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        t.track(7, now);
+        t.track(8, now);
+        t.track(9, now);
+        let ok = "<iq type='result' id='c0' from='cpe-000007@example.net/cwmp'/>";
+        let offline = "<iq type='error' id='c1' from='cpe-000008@example.net/cwmp'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>";
+        assert!(t.on_element(ok, now, &mut tally));
+        assert!(t.on_element(offline, now, &mut tally));
+        // A duplicate completes nothing and reports nothing.
+        assert!(!t.on_element(ok, now, &mut tally));
+        assert_eq!(t.sweep(now + Duration::from_secs(6), &mut tally, false), 1);
+        assert_eq!(
+            t.completions.take().unwrap(),
+            vec![(7, true), (8, false), (9, false)]
+        );
+    }
+
+    #[test]
     fn timeouts_and_late_answers() {
         let mut t = tracker();
         let mut tally = Tally::default();
