@@ -266,6 +266,30 @@ async fn peers_outside_proxy_from_are_refused() {
     assert_eq!(broker.stat("connections_accepted"), 1);
 }
 
+/// A PROXY header sent to a listener without `proxy_protocol` (a load balancer configured for
+/// it in front of a broker that is not) is refused `<not-well-formed/>` at once, not held until
+/// the pre-auth deadline (20 s here).
+#[tokio::test]
+async fn a_proxy_header_to_a_listener_without_proxy_protocol_is_refused_at_once() {
+    let broker = start(TestOptions::default(), "127.0.0.1/32").await;
+    for v2 in [false, true] {
+        let started = std::time::Instant::now();
+        let tcp = connect_with(
+            broker.addr(SCRAM_SHA256_TLS12),
+            &header("203.0.113.7:1", v2),
+        )
+        .await;
+        let mut peer = RawPeer::new(Box::new(tcp), crbroker::xml::ns::CLIENT);
+        peer.expect_stream_error("not-well-formed").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "v2 {v2}: {:?}",
+            started.elapsed()
+        );
+    }
+    let _plain = held_plain(broker.addr(SCRAM_SHA256_TLS12)).await;
+}
+
 /// Garbage, an endless v1 line, an oversized v2 header and a header cut short are closed and
 /// counted; a header that never comes is closed at the pre-auth deadline. The broker serves the
 /// next client normally.

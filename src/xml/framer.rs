@@ -90,6 +90,8 @@ pub struct Framer {
     /// Open elements of the stanza being built (root first).
     stack: Vec<Element>,
     header_seen: bool,
+    /// Whether the first byte (which must be `<`) has arrived.
+    markup_started: bool,
     /// Bytes consumed since the last stanza boundary (or since the start, before the header).
     pending_bytes: usize,
     /// Raw header bytes kept until the header is parsed, to read its default namespace.
@@ -115,6 +117,7 @@ impl Framer {
             content_ns,
             stack: Vec::new(),
             header_seen: false,
+            markup_started: false,
             pending_bytes: 0,
             header_raw: Vec::new(),
             nodes: 0,
@@ -138,6 +141,9 @@ impl Framer {
     }
 
     fn next_frame_inner(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        if !self.markup_started {
+            self.check_prolog(input)?;
+        }
         loop {
             let before = *input;
             let event = self.parser.parse(input, false);
@@ -161,6 +167,24 @@ impl Framer {
                 Err(EndOrError::NeedMoreData) => return Ok(None),
                 Err(EndOrError::Error(e)) => return Err(classify(&e)),
             }
+        }
+    }
+
+    /// The stream must open with `<` (rxml refuses anything else there, even whitespace or a
+    /// byte order mark), but rxml reports other bytes only once the text they start ends, at the
+    /// next `<`: a peer speaking another protocol (a PROXY protocol header to a listener without
+    /// `proxy_protocol`, an HTTP request) would hold its connection until the pre-auth timeout.
+    /// So the first byte is checked here.
+    fn check_prolog(&mut self, input: &[u8]) -> Result<(), FrameError> {
+        match input.first() {
+            None => Ok(()),
+            Some(b'<') => {
+                self.markup_started = true;
+                Ok(())
+            }
+            Some(_) => Err(FrameError::NotWellFormed(
+                "the stream does not start with '<'".into(),
+            )),
         }
     }
 
@@ -432,6 +456,25 @@ mod tests {
         }
         assert!(matches!(&frames[2], Frame::Stanza(p) if p.name == "presence"));
         assert_eq!(frames[3], Frame::StreamClose);
+    }
+
+    #[test]
+    fn text_before_the_stream_header_is_refused_at_once() {
+        // A PROXY protocol header sent to a listener without proxy_protocol, or any other
+        // non-XML greeting: not well-formed as soon as its first line is in, not at a timeout.
+        for greeting in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 5222\r\n"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"hello\n",
+            b" <?xml version='1.0'?>",
+        ] {
+            let result = frames(&mut client_framer(), greeting);
+            assert!(
+                result.is_err(),
+                "{:?}: {result:?}",
+                String::from_utf8_lossy(greeting)
+            );
+        }
     }
 
     #[test]
