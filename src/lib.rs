@@ -42,7 +42,7 @@ use crate::router::Router;
 use crate::swap::Swap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -129,6 +129,7 @@ impl Broker {
         if let Some(cluster) = &config.cluster {
             cluster::start(&config, cluster, &router, ops_rx.clone()).await?;
         }
+        let postgres_metrics = Arc::new(OnceLock::new());
         let ops = match config.ops.enabled {
             true => Some(
                 start_ops(
@@ -137,6 +138,7 @@ impl Broker {
                         stats: stats.clone(),
                         router: router.clone(),
                         caps: caps.clone(),
+                        postgres: postgres_metrics.clone(),
                     },
                     ops_rx,
                 )
@@ -156,6 +158,9 @@ impl Broker {
         );
         let identity = tls::Identity::load_or_create(&config)?;
         sources.postgres = start_postgres(&config, &router, &stop_sessions)?;
+        if let Some(postgres) = &sources.postgres {
+            let _ = postgres_metrics.set(postgres.clone());
+        }
         let accounts = Arc::new(Swap::new(Arc::new(auth::Accounts::new(
             Arc::new(accounts),
             sources.chain(),

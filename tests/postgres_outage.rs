@@ -58,6 +58,14 @@ async fn database_outage_keeps_cached_accounts_and_recovers() {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    // What an operator sees: the cached logins, the refused lookup, a feed that stopped reaching
+    // the database.
+    let before = db_metrics(&broker).await;
+    assert!(before.cache_answers >= 3.0, "{before:?}");
+    assert!(before.queries >= 1.0, "{before:?}");
+    assert!(before.unavailable >= 1.0, "{before:?}");
+    assert!(before.cached_accounts >= 1.0, "{before:?}");
+    assert!(before.feed_age_seconds >= 0.0, "{before:?}");
     println!("database down for {:?}", stopped.elapsed());
 
     pg.restart().await;
@@ -68,7 +76,52 @@ async fn database_outage_keeps_cached_accounts_and_recovers() {
     try_login(&broker, "newcomer", "pw")
         .await
         .expect("new account after the outage");
+    let after = db_metrics(&broker).await;
+    assert!(after.queries > before.queries, "{before:?} {after:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db_metrics(&broker).await.feed_age_seconds > 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the change feed did not reach the database again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     broker.shutdown().await;
+}
+
+/// The PostgreSQL source's figures on /metrics.
+#[derive(Debug)]
+struct DbMetrics {
+    cache_answers: f64,
+    queries: f64,
+    unavailable: f64,
+    cached_accounts: f64,
+    feed_age_seconds: f64,
+}
+
+async fn db_metrics(broker: &TestBroker) -> DbMetrics {
+    let text = http()
+        .get(format!("http://{}/metrics", broker.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+            .parse()
+            .unwrap()
+    };
+    DbMetrics {
+        cache_answers: value("crbroker_accounts_db_cache_answers_total"),
+        queries: value("crbroker_accounts_db_queries_total"),
+        unavailable: value("crbroker_accounts_db_unavailable_total"),
+        cached_accounts: value("crbroker_accounts_db_cached_accounts"),
+        feed_age_seconds: value("crbroker_accounts_db_feed_age_seconds"),
+    }
 }
 
 /// Past `stale_ttl_secs` without reaching the database, cached accounts are not trusted either:

@@ -2,6 +2,7 @@
 //! text format by `prometheus-client` (no hand-formatted text). Label values come from fixed
 //! lists (outcome, mechanism, role), never from a JID.
 
+use crate::auth::postgres::PostgresSource;
 use crate::caps::ConnectionCaps;
 use crate::ops::metrics::{CrOutcome, Histogram, LoginOutcome, Stats, MECHANISM_LABELS, ROLES};
 use crate::ops::process;
@@ -14,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::fmt::Error;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Counters in [`Stats`] that go up and down: exposed as gauges (by role for the sessions).
 const GAUGES: [&str; 3] = ["connections_open", "sessions_online", "cluster_connected"];
@@ -25,6 +26,9 @@ pub struct Sources {
     pub stats: Arc<Stats>,
     pub router: Arc<Router>,
     pub caps: Arc<ConnectionCaps>,
+    /// The PostgreSQL account source, once started (after the ops listener: empty until then,
+    /// and always without `[accounts.postgres]`).
+    pub postgres: Arc<OnceLock<Arc<PostgresSource>>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -48,6 +52,50 @@ pub fn encode(registry: &Registry) -> Result<String, Error> {
     Ok(body)
 }
 
+/// The PostgreSQL account source's cache and database figures.
+fn encode_postgres(
+    encoder: &mut DescriptorEncoder,
+    postgres: &PostgresSource,
+) -> Result<(), Error> {
+    let metrics = postgres.metrics();
+    for (name, help, value) in [
+        (
+            "crbroker_accounts_db_cache_answers",
+            "Account lookups answered from the PostgreSQL source's cache.",
+            metrics.cache_answers,
+        ),
+        (
+            "crbroker_accounts_db_queries",
+            "Account lookups that read the database.",
+            metrics.queries,
+        ),
+        (
+            "crbroker_accounts_db_unavailable",
+            "Account lookups the database could not answer (down or slow): the login got temporary-auth-failure.",
+            metrics.unavailable,
+        ),
+    ] {
+        ConstCounter::new(value).encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    gauge(
+        encoder,
+        "crbroker_accounts_db_cached_accounts",
+        "Accounts (and recent unknown names) in the PostgreSQL source's cache.",
+        metrics.cached_accounts as i64,
+    )?;
+    ConstGauge::new(metrics.feed_age_secs.unwrap_or(-1.0)).encode(encoder.encode_descriptor(
+        "crbroker_accounts_db_feed_age_seconds",
+        "Seconds since the account change feed last reached the database (-1: never); cached accounts are trusted while it is under stale_ttl_secs.",
+        None,
+        MetricType::Gauge,
+    )?)
+}
+
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[derive(Debug)]
@@ -59,7 +107,11 @@ impl Collector for BrokerCollector {
             stats,
             router,
             caps,
+            postgres,
         } = &self.0;
+        if let Some(postgres) = postgres.get() {
+            encode_postgres(&mut encoder, postgres)?;
+        }
         let mut name = String::with_capacity(64);
         for (counter, help, value) in stats.described() {
             if GAUGES.contains(&counter) {

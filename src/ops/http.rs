@@ -141,6 +141,7 @@ mod tests {
             router: Arc::new(Router::new("example.net", &[], [], pending, stats.clone())),
             stats,
             caps: Arc::new(ConnectionCaps::new(0, 0, 0)),
+            postgres: Default::default(),
         };
         let state = Arc::new(OpsState::new(sources));
         let (listener, address) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -126,6 +126,25 @@ pub struct PostgresSource {
     stale_ttl: Duration,
     poll_interval: Duration,
     query_timeout: Duration,
+    /// Lookups answered from the cache (found or a fresh negative entry).
+    cache_answers: AtomicU64,
+    /// Lookups that read the database.
+    queries: AtomicU64,
+    /// Lookups the database could not answer (down, timeout): `<temporary-auth-failure/>`.
+    unavailable: AtomicU64,
+}
+
+/// What `/metrics` shows of the PostgreSQL source (src/ops/exposition.rs reads it: auth does not
+/// know about the ops side).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PostgresMetrics {
+    pub cache_answers: u64,
+    pub queries: u64,
+    pub unavailable: u64,
+    pub cached_accounts: u64,
+    /// Seconds since the change feed last reached the database (None: never yet). Cached
+    /// answers are trusted while this is under `stale_ttl_secs`.
+    pub feed_age_secs: Option<f64>,
 }
 
 impl fmt::Debug for PostgresSource {
@@ -217,6 +236,9 @@ impl PostgresSource {
             stale_ttl: Duration::from_secs(settings.stale_ttl_secs),
             poll_interval: Duration::from_secs(settings.poll_interval_secs),
             query_timeout,
+            cache_answers: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
         }))
     }
 
@@ -233,6 +255,17 @@ impl PostgresSource {
     /// How many usernames the cache holds (approximate: eviction is asynchronous).
     pub fn cached(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    pub fn metrics(&self) -> PostgresMetrics {
+        let last = self.last_contact_ms.load(Ordering::Relaxed);
+        PostgresMetrics {
+            cache_answers: self.cache_answers.load(Ordering::Relaxed),
+            queries: self.queries.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
+            cached_accounts: self.cache.entry_count(),
+            feed_age_secs: (last != 0).then(|| self.now_ms().saturating_sub(last) as f64 / 1000.0),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -405,13 +438,15 @@ impl AccountSource for PostgresSource {
             if self.cache_trusted() {
                 match self.cache.get(username) {
                     Some(Cached::Found { account, role }) => {
+                        self.cache_answers.fetch_add(1, Ordering::Relaxed);
                         return Resolved::Found {
                             account,
                             role: Some(role),
-                        }
+                        };
                     }
                     Some(Cached::Unknown { since }) if since.elapsed() < NEGATIVE_TTL => {
-                        return Resolved::Unknown
+                        self.cache_answers.fetch_add(1, Ordering::Relaxed);
+                        return Resolved::Unknown;
                     }
                     _ => {}
                 }
@@ -419,6 +454,7 @@ impl AccountSource for PostgresSource {
             let epoch = self.epoch.load(Ordering::SeqCst);
             match self.fetch(username).await {
                 Ok(cached) => {
+                    self.queries.fetch_add(1, Ordering::Relaxed);
                     self.cache.insert(username.into(), cached.clone());
                     if self.epoch.load(Ordering::SeqCst) != epoch {
                         // An invalidation ran while we read: what we read may predate it.
@@ -433,6 +469,7 @@ impl AccountSource for PostgresSource {
                     }
                 }
                 Err(error) => {
+                    self.unavailable.fetch_add(1, Ordering::Relaxed);
                     self.warn_unavailable(&error);
                     Resolved::Unavailable
                 }
