@@ -70,6 +70,8 @@ echo "nats-server RSS before logins: $(nats_rss) KiB"
 HOLD=${HOLD:-300}
 # TRANSPORT=direct: CPEs use the direct-TLS listeners (XEP-0368, port 2x223) instead of STARTTLS.
 if [ "${TRANSPORT:-starttls}" = direct ]; then PORT=223; TLS=--direct-tls; else PORT=222; TLS=; fi
+# TOOL_THREADS=k: worker threads of each tool process (default: one per core).
+[ -n "${TOOL_THREADS:-}" ] && TLS="$TLS --threads $TOOL_THREADS"
 start=$(date +%s.%N)
 for i in 2 3; do
   "$BIN/crbroker-bench" run -n "$N" --first-account $(((i - 1) * N)) --c2s "127.0.0.1:2${i}$PORT" $TLS \
