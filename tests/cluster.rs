@@ -68,6 +68,23 @@ impl Node {
     }
 }
 
+/// Nodes A and B of one NATS.
+struct TwoNodes {
+    a: Node,
+    b: Node,
+    /// Last: dropped after the nodes.
+    nats: Nats,
+}
+
+/// Two nodes, a CPE `cpe_user(cpe)` logged in on B (with its JID), the ACS component on A.
+async fn two_nodes(cpe: usize) -> (TwoNodes, RawPeer, String, RawPeer) {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (cpe, jid) = b.cpe(&cpe_user(cpe)).await;
+    let acs = a.acs().await;
+    (TwoNodes { a, b, nats }, cpe, jid, acs)
+}
+
 fn request(id: &str, to: &str) -> String {
     connection_request(id, to, Some(COMPONENT_DOMAIN), "acs-user", "acs-pass")
 }
@@ -119,10 +136,7 @@ async fn answer_and_expect_result(
 
 #[tokio::test]
 async fn a_request_reaches_a_cpe_on_another_node_and_its_answer_comes_back() {
-    let nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
-    let mut acs = a.acs().await;
+    let (nodes, mut cpe, jid, mut acs) = two_nodes(1).await;
     let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
     assert_eq!(seen.attr("to"), Some(jid.as_str()));
     assert_eq!(seen.attr("from"), Some(COMPONENT_DOMAIN));
@@ -158,15 +172,12 @@ async fn a_request_reaches_a_cpe_on_another_node_and_its_answer_comes_back() {
         "{:?}",
         started.elapsed()
     );
-    drop(b);
+    drop(nodes.b);
 }
 
 #[tokio::test]
 async fn a_remote_session_that_ends_answers_its_pending_request_at_once() {
-    let nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(3)).await;
-    let mut acs = a.acs().await;
+    let (_nodes, mut cpe, jid, mut acs) = two_nodes(3).await;
     let (acs_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
     let started = Instant::now();
     drop(cpe);
@@ -230,12 +241,9 @@ async fn a_killed_node_has_its_requests_answered_within_the_bound_and_its_cpes_c
 
 #[tokio::test]
 async fn requests_during_a_nats_restart_get_an_error_and_work_again_after() {
-    let mut nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(6)).await;
-    let mut acs = a.acs().await;
+    let (mut nodes, mut cpe, jid, mut acs) = two_nodes(6).await;
     let (pending_id, _) = request_reaching(&mut acs, &mut cpe, &jid).await;
-    nats.stop();
+    nodes.nats.stop();
     // The request waiting on node B is answered when A loses NATS: its answer cannot come back.
     let answer = acs.element().await;
     assert_eq!(answer.attr("id"), Some(pending_id.as_str()));
@@ -258,7 +266,7 @@ async fn requests_during_a_nats_restart_get_an_error_and_work_again_after() {
         "{:?}",
         started.elapsed()
     );
-    nats.start_again();
+    nodes.nats.start_again();
     // Both nodes reconnect and re-subscribe: the CPE on B is reachable from A again.
     let (id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
     answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
@@ -328,15 +336,12 @@ async fn unsolicited_cpe_stanzas_reach_an_acs_attached_to_another_node_and_back(
 
 #[tokio::test]
 async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
-    let nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(9)).await;
-    let mut component = a.acs().await;
+    let (nodes, mut cpe, jid, mut component) = two_nodes(9).await;
     let (id, seen) = request_reaching(&mut component, &mut cpe, &jid).await;
     answer_and_expect_result(&mut cpe, &seen, &mut component, &id).await;
     // An ACS client account on node A (its `from` stamped by A).
     let (mut account, account_jid) =
-        RawPeer::login(a.c2s, ACS_USER, ACS_PASSWORD, Some("acs")).await;
+        RawPeer::login(nodes.a.c2s, ACS_USER, ACS_PASSWORD, Some("acs")).await;
     account
         .send(&connection_request("by-account", &jid, None, "u", "p"))
         .await;
@@ -344,8 +349,8 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
     assert_eq!(seen.attr("from"), Some(account_jid.as_str()));
     answer_and_expect_result(&mut cpe, &seen, &mut account, "by-account").await;
     // The HTTP API of node A.
-    wait_listening(a.ops).await;
-    let url = format!("http://{}/v1/connection-requests", a.ops);
+    wait_listening(nodes.a.ops).await;
+    let url = format!("http://{}/v1/connection-requests", nodes.a.ops);
     let body = serde_json::json!({"to": jid, "username": "u", "password": "p"});
     let call = tokio::spawn(async move {
         let response = reqwest::Client::new()
@@ -368,18 +373,21 @@ async fn an_acs_account_and_the_http_api_reach_a_cpe_on_another_node() {
     assert_eq!(answer["jid"], jid.as_str());
     // Node A's metrics: connected to NATS, three requests sent to another node, three answers
     // relayed back to it.
-    assert_eq!(a.metric("crbroker_cluster_connected").await, 1);
-    let sent = a.metric("crbroker_cluster_requests_sent_total").await;
+    assert_eq!(nodes.a.metric("crbroker_cluster_connected").await, 1);
+    let sent = nodes.a.metric("crbroker_cluster_requests_sent_total").await;
     assert!(sent >= 3, "{sent}");
-    assert_eq!(a.metric("crbroker_cluster_answers_received_total").await, 3);
+    assert_eq!(
+        nodes
+            .a
+            .metric("crbroker_cluster_answers_received_total")
+            .await,
+        3
+    );
 }
 
 #[tokio::test]
 async fn a_request_no_node_takes_is_answered_at_the_ack_timeout() {
-    let nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
-    let mut acs = a.acs().await;
+    let (_nodes, mut cpe, jid, mut acs) = two_nodes(1).await;
     let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
     answer_and_expect_result(&mut cpe, &seen, &mut acs, &acs_id).await;
     // B holds the bare JID but not this resource: it stays silent, and A answers when no reply
@@ -400,14 +408,17 @@ async fn a_request_no_node_takes_is_answered_at_the_ack_timeout() {
 
 #[tokio::test]
 async fn a_slow_cpe_is_acked_and_its_answer_still_comes_back_once() {
-    let nats = Nats::start();
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let (mut cpe, jid) = b.cpe(&cpe_user(1)).await;
-    let mut acs = a.acs().await;
+    let (nodes, mut cpe, jid, mut acs) = two_nodes(1).await;
     // A prompt answer is the reply to the NATS request itself: B acks nothing.
     let (acs_id, seen) = request_reaching(&mut acs, &mut cpe, &jid).await;
     answer_and_expect_result(&mut cpe, &seen, &mut acs, &acs_id).await;
-    assert_eq!(b.metric("crbroker_cluster_requests_acked_total").await, 0);
+    assert_eq!(
+        nodes
+            .b
+            .metric("crbroker_cluster_requests_acked_total")
+            .await,
+        0
+    );
     // Answers after the ack delay (250 ms with the default ack_timeout_ms of 1000) and after the
     // requester's ack timeout itself: B acks each in time, A then waits for the relayed answer.
     for (n, delay_ms) in [(1, 600), (2, 1500)] {
@@ -416,13 +427,25 @@ async fn a_slow_cpe_is_acked_and_its_answer_still_comes_back_once() {
         let seen = cpe.element().await;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         answer_and_expect_result(&mut cpe, &seen, &mut acs, &id).await;
-        assert_eq!(b.metric("crbroker_cluster_requests_acked_total").await, n);
+        assert_eq!(
+            nodes
+                .b
+                .metric("crbroker_cluster_requests_acked_total")
+                .await,
+            n
+        );
     }
     // Exactly one answer each: nothing else reaches the ACS.
     acs.send(&request("last", &jid)).await;
     let seen = cpe.element().await;
     answer_and_expect_result(&mut cpe, &seen, &mut acs, "last").await;
-    assert_eq!(a.metric("crbroker_cluster_answers_received_total").await, 4);
+    assert_eq!(
+        nodes
+            .a
+            .metric("crbroker_cluster_answers_received_total")
+            .await,
+        4
+    );
 }
 
 #[tokio::test]

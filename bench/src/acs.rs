@@ -203,6 +203,21 @@ pub struct Acs {
     rng: u64,
 }
 
+/// Where and as whom the emulated ACS attaches (`run` and `probe`).
+#[derive(clap::Args)]
+pub struct AcsArgs {
+    /// XEP-0114 component address. Loopback only.
+    #[arg(long, default_value = "127.0.0.1:15347")]
+    pub component_addr: SocketAddr,
+    /// The XMPP domain of the CPEs.
+    #[arg(long, default_value = "example.net")]
+    pub domain: String,
+    #[arg(long, default_value = "acs.example.net")]
+    pub component: String,
+    #[arg(long, default_value = "bench-component-secret")]
+    pub secret: String,
+}
+
 pub struct AcsConfig {
     pub addr: SocketAddr,
     pub component: String,

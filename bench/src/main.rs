@@ -135,15 +135,8 @@ struct RunArgs {
     /// Connect with TLS from the first byte (XEP-0368) instead of STARTTLS.
     #[arg(long)]
     direct_tls: bool,
-    /// XEP-0114 component address. Loopback only.
-    #[arg(long, default_value = "127.0.0.1:15347")]
-    component_addr: SocketAddr,
-    #[arg(long, default_value = "example.net")]
-    domain: String,
-    #[arg(long, default_value = "acs.example.net")]
-    component: String,
-    #[arg(long, default_value = "bench-component-secret")]
-    secret: String,
+    #[command(flatten)]
+    acs: acs::AcsArgs,
     /// Password of every CPE account.
     #[arg(long, default_value = "pw")]
     password: String,
@@ -349,7 +342,7 @@ fn table(files: &[PathBuf]) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     cpe::set_first_account(args.first_account);
     procstat::set_extra_cpu_pids(args.cpu_pid.clone());
-    for addr in [args.c2s, args.component_addr]
+    for addr in [args.c2s, args.acs.component_addr]
         .into_iter()
         .chain(args.scrape)
         .chain(args.reconnect_to.iter().copied())
@@ -422,7 +415,7 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
             return Err(format!("no process {p} to measure (--broker-pid)"));
         }
     }
-    let server_name = rustls::pki_types::ServerName::try_from(args.domain.clone())
+    let server_name = rustls::pki_types::ServerName::try_from(args.acs.domain.clone())
         .map_err(|e| format!("--domain: {e}"))?;
     let passwords = match &args.derived_secret {
         Some(path) => sasl::Passwords::derived_from_file(path)?,
@@ -435,7 +428,7 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
     let target_at = |addr, reconnect| cpe::Target {
         addr,
         direct_tls: args.direct_tls,
-        domain: args.domain.clone(),
+        domain: args.acs.domain.clone(),
         server_name: server_name.clone(),
         tls: tokio_rustls::TlsConnector::from(tls::insecure_client_config()),
         resource: args.resource.clone(),
@@ -597,10 +590,10 @@ async fn bench(args: &RunArgs) -> Result<Report, String> {
     if run_crs {
         let mut acs = acs::Acs::connect(
             acs::AcsConfig {
-                addr: args.component_addr,
-                component: args.component.clone(),
-                secret: args.secret.clone(),
-                domain: args.domain.clone(),
+                addr: args.acs.component_addr,
+                component: args.acs.component.clone(),
+                secret: args.acs.secret.clone(),
+                domain: args.acs.domain.clone(),
                 resource: args.resource.clone(),
                 cr_password: target.cr_password.clone(),
                 timeout: Duration::from_secs_f64(args.answer_timeout_secs),

@@ -4,23 +4,16 @@
 //! moment the last one did as unix milliseconds, for `bench/cluster.sh kill` to subtract the kill
 //! time from.
 
-use crate::acs::{Acs, AcsConfig};
+use crate::acs::{Acs, AcsArgs, AcsConfig};
 use clap::Args;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Args)]
 pub struct ProbeArgs {
-    /// XEP-0114 component address of a surviving node. Loopback only.
-    #[arg(long)]
-    component_addr: SocketAddr,
-    #[arg(long, default_value = "example.net")]
-    domain: String,
-    #[arg(long, default_value = "acs.example.net")]
-    component: String,
-    #[arg(long, default_value = "bench-component-secret")]
-    secret: String,
+    /// The ACS: point --component-addr at a node that survived.
+    #[command(flatten)]
+    acs: AcsArgs,
     #[arg(long, default_value = "cwmp")]
     resource: String,
     /// The connection-request password the CPEs check (crbroker-bench run's).
@@ -44,10 +37,10 @@ pub struct ProbeArgs {
 }
 
 pub fn main(args: ProbeArgs) -> ExitCode {
-    if !args.component_addr.ip().is_loopback() {
+    if !args.acs.component_addr.ip().is_loopback() {
         eprintln!(
             "crbroker-bench: {} is not a loopback address",
-            args.component_addr
+            args.acs.component_addr
         );
         return ExitCode::from(2);
     }
@@ -73,10 +66,10 @@ pub fn main(args: ProbeArgs) -> ExitCode {
 
 async fn probe(args: &ProbeArgs) -> Result<bool, String> {
     let config = AcsConfig {
-        addr: args.component_addr,
-        component: args.component.clone(),
-        secret: args.secret.clone(),
-        domain: args.domain.clone(),
+        addr: args.acs.component_addr,
+        component: args.acs.component.clone(),
+        secret: args.acs.secret.clone(),
+        domain: args.acs.domain.clone(),
         resource: args.resource.clone(),
         cr_password: args.cr_password.clone(),
         timeout: Duration::from_secs_f64(args.answer_timeout_secs),
