@@ -43,8 +43,7 @@ pub(super) async fn on_cpe_message(shared: &Arc<Cluster>, message: Message) {
             let proxy = proxy(shared, header.node);
             // Owed a reply before the request goes in: the CPE's answer may come back before
             // `route` returns, and it should find where to go.
-            let id: Box<str> = stanza.attr("id").unwrap_or_default().into();
-            proxy.owe_reply(&id, reply.clone());
+            proxy.owe_reply(stanza.attr("id").unwrap_or_default(), reply.clone());
             let answer = match router.route(&proxy.handle, stanza, || true) {
                 Ok(answer) => answer,
                 Err(for_server) => Some(stanza::error_reply(
@@ -56,7 +55,8 @@ pub(super) async fn on_cpe_message(shared: &Arc<Cluster>, message: Message) {
             };
             // Taken: the reply (the answer, or an ack) follows from relay_answers or acks.
             let Some(answer) = answer else { return };
-            proxy.take_reply(&id);
+            // The router answers with the request's id (its ACS id, here the requester's).
+            proxy.take_reply(answer.attr("id").unwrap_or_default());
             let payload = wire::encode(shared.header(Kind::Answer, "", 0), Some(&answer));
             if shared.connected() {
                 if let Err(e) = shared.client.publish(reply, payload).await {

@@ -7,12 +7,12 @@
 //! node at all, a lost node, a lost NATS connection) takes the entry out of the table once; a
 //! second or late answer finds nothing and is counted as late.
 
-use super::requests::log_outcome;
+use super::requests::Asked;
 use super::Router;
 use crate::jid::JidRef;
 use crate::ops::metrics::{CrOutcome, Stats};
 use crate::pending::{PendingRequest, WireId, REMOTE_UNACKED_CONN};
-use crate::proto::stanza::{self, ErrorType};
+use crate::proto::stanza::ErrorType;
 use crate::session::{Role, SessionHandle};
 use crate::xml::Element;
 use std::sync::Arc;
@@ -86,16 +86,19 @@ impl Router {
             cpe_jid: cpe_jid.clone(),
             started,
         };
+        let asked = Asked {
+            acs_jid: &acs_jid,
+            acs_id: &acs_id,
+            cpe_jid: &cpe_jid,
+            started,
+        };
         let Ok(key) = self.pending.begin_remote(entry) else {
-            self.stats.request_done(CrOutcome::Overload, started);
-            log_outcome(&acs_jid, &cpe_jid, &acs_id, "overload (acs)", None, started);
-            return Some(stanza::iq_error(
-                &acs_id,
-                &cpe_jid,
-                &acs_jid,
+            return Some(self.refuse(
+                &asked,
+                CrOutcome::Overload,
+                "overload (acs)",
                 "resource-constraint",
                 ErrorType::Wait,
-                &self.domain,
             ));
         };
         request.set_attr("id", self.pending.broker_id(key));
@@ -105,24 +108,14 @@ impl Router {
                 None
             }
             Err(RemoteUnavailable) => {
-                let entry = self.pending.cancel(key)?;
+                self.pending.cancel(key)?;
                 Stats::bump(&self.stats.cluster_unavailable);
-                self.stats.request_done(CrOutcome::Offline, started);
-                log_outcome(
-                    &acs_jid,
-                    &cpe_jid,
-                    &acs_id,
+                Some(self.refuse(
+                    &asked,
+                    CrOutcome::Offline,
                     "cluster unavailable",
-                    None,
-                    started,
-                );
-                Some(stanza::iq_error(
-                    &entry.acs_id,
-                    &entry.cpe_jid,
-                    &entry.acs_jid,
                     "service-unavailable",
                     ErrorType::Cancel,
-                    &self.domain,
                 ))
             }
         }
@@ -151,8 +144,7 @@ impl Router {
     /// `service-unavailable` unless it was answered already.
     pub fn remote_undeliverable(&self, key: u64, outcome: &str) {
         if let Some(request) = self.pending.cancel(key) {
-            self.stats.request_done(CrOutcome::Offline, request.started);
-            self.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, outcome);
+            self.answer_remote_offline(request, outcome);
         }
     }
 
@@ -161,14 +153,14 @@ impl Router {
     /// unless it was acked (a node has it) or answered meanwhile.
     pub fn remote_not_taken(&self, key: u64) {
         for request in self.pending.for_cpe_gone(REMOTE_UNACKED_CONN + key) {
-            self.stats.request_done(CrOutcome::Offline, request.started);
-            self.answer_for_cpe(
-                request,
-                "service-unavailable",
-                ErrorType::Cancel,
-                "offline (no node took it)",
-            );
+            self.answer_remote_offline(request, "offline (no node took it)");
         }
+    }
+
+    /// No node has (or took) the CPE of remote `request`: `service-unavailable`, counted offline.
+    fn answer_remote_offline(&self, request: PendingRequest, outcome: &str) {
+        self.stats.request_done(CrOutcome::Offline, request.started);
+        self.answer_for_cpe(request, "service-unavailable", ErrorType::Cancel, outcome);
     }
 
     /// This node lost its NATS connection: no relayed answer can arrive, so every request waiting

@@ -18,7 +18,44 @@ use std::time::Instant;
 
 const REQUEST_LOG: &str = "crbroker::requests";
 
+/// What an answer given at once (the request never reached a CPE) needs of the request.
+pub(super) struct Asked<'a> {
+    pub acs_jid: &'a str,
+    pub acs_id: &'a str,
+    pub cpe_jid: &'a str,
+    pub started: Instant,
+}
+
 impl Router {
+    /// Answer a request that never reached a CPE: count `outcome`, log `why`, and return the
+    /// error for the asking connection.
+    pub(super) fn refuse(
+        &self,
+        asked: &Asked<'_>,
+        outcome: CrOutcome,
+        why: &str,
+        condition: &str,
+        error_type: ErrorType,
+    ) -> Element {
+        self.stats.request_done(outcome, asked.started);
+        log_outcome(
+            asked.acs_jid,
+            asked.cpe_jid,
+            asked.acs_id,
+            why,
+            None,
+            asked.started,
+        );
+        stanza::iq_error(
+            asked.acs_id,
+            asked.cpe_jid,
+            asked.acs_jid,
+            condition,
+            error_type,
+            &self.domain,
+        )
+    }
+
     /// ACS -> CPE request: track it, rewrite the id, deliver, or answer at once.
     pub(super) fn relay_request(
         &self,
@@ -40,15 +77,18 @@ impl Router {
             if let Some(remote) = remote {
                 return self.relay_remote(remote, acs, request, to, started);
             }
-            self.stats.request_done(CrOutcome::Offline, started);
-            log_outcome(&acs_jid, &to_attr, &acs_id, "offline", None, started);
-            return Some(stanza::iq_error(
-                &acs_id,
-                &to_attr,
-                &acs_jid,
+            let asked = Asked {
+                acs_jid: &acs_jid,
+                acs_id: &acs_id,
+                cpe_jid: &to_attr,
+                started,
+            };
+            return Some(self.refuse(
+                &asked,
+                CrOutcome::Offline,
+                "offline",
                 "service-unavailable",
                 ErrorType::Cancel,
-                &self.domain,
             ));
         };
         let entry = PendingRequest {
@@ -67,19 +107,22 @@ impl Router {
                 id
             }
             Err(refusal) => {
-                self.stats.request_done(CrOutcome::Overload, started);
                 let why = match refusal {
                     Refusal::CpeBusy => "overload (cpe)",
                     Refusal::AcsBusy => "overload (acs)",
                 };
-                log_outcome(&acs_jid, &cpe.jid, &acs_id, why, None, started);
-                return Some(stanza::iq_error(
-                    &acs_id,
-                    &cpe.jid,
-                    &acs_jid,
+                let asked = Asked {
+                    acs_jid: &acs_jid,
+                    acs_id: &acs_id,
+                    cpe_jid: &cpe.jid,
+                    started,
+                };
+                return Some(self.refuse(
+                    &asked,
+                    CrOutcome::Overload,
+                    why,
                     "resource-constraint",
                     ErrorType::Wait,
-                    &self.domain,
                 ));
             }
         };
@@ -92,30 +135,27 @@ impl Router {
             }
             Err((error, _)) => {
                 let entry = self.pending.cancel(id)?;
-                let (condition, error_type, outcome) = match error {
+                let (outcome, why, condition, error_type) = match error {
                     PushError::Full => (
+                        CrOutcome::Overload,
+                        "overload (outbox full)",
                         "resource-constraint",
                         ErrorType::Wait,
-                        "overload (outbox full)",
                     ),
-                    PushError::Closed => ("service-unavailable", ErrorType::Cancel, "offline"),
+                    PushError::Closed => (
+                        CrOutcome::Offline,
+                        "offline",
+                        "service-unavailable",
+                        ErrorType::Cancel,
+                    ),
                 };
-                self.stats.request_done(
-                    match error {
-                        PushError::Full => CrOutcome::Overload,
-                        PushError::Closed => CrOutcome::Offline,
-                    },
+                let asked = Asked {
+                    acs_jid: &acs_jid,
+                    acs_id: &acs_id,
+                    cpe_jid: &entry.cpe_jid,
                     started,
-                );
-                log_outcome(&acs_jid, &entry.cpe_jid, &acs_id, outcome, None, started);
-                Some(stanza::iq_error(
-                    &acs_id,
-                    &entry.cpe_jid,
-                    &acs_jid,
-                    condition,
-                    error_type,
-                    &self.domain,
-                ))
+                };
+                Some(self.refuse(&asked, outcome, why, condition, error_type))
             }
         }
     }
